@@ -1,0 +1,150 @@
+"""Transformer building blocks with the official CAV-MAE layout and numerics.
+
+Every LayerNorm uses eps 1e-5 and the MLP uses exact (erf) GELU: the PyTorch defaults the
+official code runs with, not Flax's (1e-6, tanh). Parameter names follow the official modules
+(`attn.qkv`, `attn.proj`, `mlp.fc1`, `mlp.fc2`, `norm1`, `norm1_a`, ...), so checkpoint
+conversion is a mechanical rename.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+LN_EPS = 1e-5
+MODALITIES = (None, "a", "v")
+
+
+def layer_norm(name: str, dtype: Dtype = jnp.float32) -> nn.LayerNorm:
+    """LayerNorm with the official eps; scale 1 and bias 0 at init, params in float32."""
+    return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def dense(features: int, name: str, dtype: Dtype = jnp.float32) -> nn.Dense:
+    """Linear layer with the official init (xavier-uniform weight, zero bias)."""
+    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=nn.initializers.xavier_uniform(), name=name)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection (timm 0.4.5 layout)."""
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    impl: str = "xla"  # "xla": explicit einsum softmax; "fused": jax.nn.dot_product_attention
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, N, D] -> [B, N, D]
+        b, n, d = x.shape
+        head_dim = d // self.num_heads
+        qkv = dense(3 * d, "qkv", self.dtype)(x)
+        # Rows [0:D], [D:2D], [2D:3D] of the torch weight are q, k, v; heads are contiguous.
+        qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, Dh]
+        scale = head_dim**-0.5
+        if self.impl == "fused":
+            out = jax.nn.dot_product_attention(q, k, v, scale=scale)  # [B, N, H, Dh]
+        elif self.impl == "xla":
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+            out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        else:
+            raise ValueError(f"unknown attention impl {self.impl!r}; use 'xla' or 'fused'")
+        out = out.reshape(b, n, d)
+        return dense(d, "proj", self.dtype)(out)
+
+
+class Mlp(nn.Module):
+    """Linear(D, ratio*D) -> exact GELU -> Linear(ratio*D, D)."""
+
+    mlp_ratio: float = 4.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, N, D] -> [B, N, D]
+        d = x.shape[-1]
+        x = dense(int(d * self.mlp_ratio), "fc1", self.dtype)(x)
+        x = nn.gelu(x, approximate=False)
+        return dense(d, "fc2", self.dtype)(x)
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block with three LayerNorm pairs sharing one attention and one MLP.
+
+    `modality=None` uses the joint pair (`norm1`, `norm2`), `'a'` and `'v'` the modality pairs.
+    All three pairs always exist, as in the official Block, so checkpoints round-trip.
+    """
+
+    num_heads: int
+    mlp_ratio: float = 4.0
+    dtype: Dtype = jnp.float32
+    attention_impl: str = "xla"
+
+    def setup(self):
+        self.norm1 = layer_norm("norm1", self.dtype)
+        self.norm1_a = layer_norm("norm1_a", self.dtype)
+        self.norm1_v = layer_norm("norm1_v", self.dtype)
+        self.norm2 = layer_norm("norm2", self.dtype)
+        self.norm2_a = layer_norm("norm2_a", self.dtype)
+        self.norm2_v = layer_norm("norm2_v", self.dtype)
+        self.attn = Attention(self.num_heads, self.dtype, self.attention_impl, name="attn")
+        self.mlp = Mlp(self.mlp_ratio, self.dtype, name="mlp")
+
+    def __call__(self, x: jax.Array, modality: str | None = None) -> jax.Array:  # [B, N, D]
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        if self.is_initializing():
+            # Create every norm pair, whichever one this call uses.
+            for norm in (self.norm1, self.norm1_a, self.norm1_v):
+                norm(x)
+            for norm in (self.norm2, self.norm2_a, self.norm2_v):
+                norm(x)
+        suffix = "" if modality is None else f"_{modality}"
+        norm1 = getattr(self, f"norm1{suffix}")
+        norm2 = getattr(self, f"norm2{suffix}")
+        x = x + self.attn(norm1(x))
+        return x + self.mlp(norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p x p patches -> D, as a Conv2d(stride=p) but computed as one matmul.
+
+    The kernel is stored conv-style, [p, p, C, D], so it converts from torch's [D, C, p, p] by a
+    transpose; the patch vector is flattened in (p, q, c) order to match it.
+    """
+
+    embed_dim: int
+    patch_size: int = 16
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, H, W, C] -> [B, (H/p)*(W/p), D]
+        p = self.patch_size
+        c = x.shape[-1]
+        kernel = self.param(
+            "kernel", nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3),
+            (p, p, c, self.embed_dim), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.embed_dim,), jnp.float32)
+        patches = patchify(x, p)  # [B, L, p*p*C]
+        kernel = kernel.reshape(p * p * c, self.embed_dim).astype(self.dtype)
+        return jnp.dot(patches.astype(self.dtype), kernel) + bias.astype(self.dtype)
+
+
+def patchify(x: jax.Array, p: int) -> jax.Array:
+    """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C]; patches row-major, each flattened (p, q, c)."""
+    b, h, w, c = x.shape
+    if h % p or w % p:
+        raise ValueError(f"input of size {h}x{w} is not divisible into {p}x{p} patches")
+    x = x.reshape(b, h // p, p, w // p, p, c)
+    x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))  # [B, H/p, W/p, p, q, C]
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x: jax.Array, grid_h: int, grid_w: int, p: int, c: int) -> jax.Array:
+    """Inverse of `patchify`: [B, gh*gw, p*p*C] -> [B, gh*p, gw*p, C]."""
+    b = x.shape[0]
+    x = x.reshape(b, grid_h, grid_w, p, p, c)
+    x = jnp.transpose(x, (0, 1, 3, 2, 4, 5))
+    return x.reshape(b, grid_h * p, grid_w * p, c)
