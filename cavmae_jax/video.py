@@ -1,0 +1,174 @@
+"""Video side: official frame choice, PyAV decoding, resize + center crop, JPEG, ImageNet norm.
+
+Frame choice follows the official `extract_video_frame.py` (CAV-MAE; Sync reuses it with 16
+frames): with n = min(frame_count, int(fps * clip_seconds)), frame k is read at index
+int(k * (n / N)); the official code then seeks OpenCV to `index - 1` before reading, so the frame
+actually stored is max(index - 1, 0). We reproduce that, counting frames in decode order (what
+OpenCV's CAP_PROP_POS_FRAMES counts) instead of seeking, which is exact and robust to bad
+keyframe indexes. The image is resized so that its shorter side is 224 (bilinear, as
+torchvision's `Resize(224)` on a PIL image) and center-cropped to 224x224.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SIZE = 224
+CLIP_SECONDS = 10.0
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+JPEG_QUALITY = 90
+
+
+def official_frame_indices(frame_count: int, fps: float, num_frames: int = 16,
+                           clip_seconds: float = CLIP_SECONDS, start_frame: int = 0,
+                           seek_offset: bool = True) -> np.ndarray:
+    """Decode-order indices of the N frames the official extractor stores, (N,) int64.
+
+    Args:
+      frame_count: frames in the video (from `start_frame` on, when segmenting a long video).
+      fps: average frame rate.
+      num_frames: N (16 for Sync, 10 for CAV-MAE).
+      clip_seconds: only the first `clip_seconds` of frames are spread over (official: 10).
+      start_frame: offset added to every index (segment start for long videos).
+      seek_offset: reproduce the official `set(POS_FRAMES, idx - 1)` off-by-one.
+    """
+    n = min(int(frame_count), int(fps * clip_seconds))
+    if n <= 0:
+        raise ValueError(f"no frames to sample (frame_count={frame_count}, fps={fps})")
+    idx = np.array([int(k * (n / num_frames)) for k in range(num_frames)], np.int64)
+    if seek_offset:
+        idx = np.maximum(idx - 1, 0)
+    return idx + int(start_frame)
+
+
+def resize_center_crop(img: Image.Image | np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Shorter side to `size` (bilinear, antialiased like PIL/torchvision), then center crop.
+
+    Returns:
+      [size, size, 3] uint8 RGB.
+    """
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    img = img.convert("RGB")
+    w, h = img.size
+    if (w, h) != (size, size):
+        # torchvision Resize(int): short side -> size, long side -> int(size * long / short).
+        if w <= h:
+            new_w, new_h = size, int(size * h / w)
+        else:
+            new_w, new_h = int(size * w / h), size
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), Image.BILINEAR)
+        # torchvision CenterCrop: offsets int(round((dim - size) / 2.0)).
+        top = int(round((new_h - size) / 2.0))
+        left = int(round((new_w - size) / 2.0))
+        img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, np.uint8)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """[H, W, 3] uint8 RGB -> baseline JPEG bytes (deterministic for a given libjpeg)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8), "RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG (or any PIL-readable image) bytes -> [H, W, 3] uint8 RGB."""
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"), np.uint8)
+
+
+def normalize_image(frames: np.ndarray) -> np.ndarray:
+    """uint8 [..., H, W, 3] -> float32 ImageNet-normalized, (x / 255 - mean) / std."""
+    return (frames.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about the first video stream."""
+
+    frame_count: int  # from the container, or counted packets when the container has none
+    fps: float
+    width: int
+    height: int
+    duration: float  # seconds, 0.0 when unknown
+    has_audio: bool
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Reads stream metadata; counts video packets when the container has no frame count."""
+    import av
+
+    with av.open(os.fspath(path)) as c:
+        if not c.streams.video:
+            raise ValueError("no video stream")
+        v = c.streams.video[0]
+        rate = v.average_rate or v.guessed_rate or v.base_rate
+        fps = float(rate) if rate else 0.0
+        duration = float(c.duration / 1e6) if c.duration else 0.0
+        count = int(v.frames or 0)
+        if count <= 0:
+            count = sum(1 for p in c.demux(v) if p.size)
+        if fps <= 0.0 and duration > 0.0:
+            fps = count / duration
+        return VideoInfo(count, fps, int(v.codec_context.width), int(v.codec_context.height),
+                         duration, bool(c.streams.audio))
+
+
+def _decode_indices(path: str, wanted: Sequence[int]) -> tuple[dict[int, Image.Image], int]:
+    """Decodes frames in order, keeping those at `wanted` indices; returns (frames, count seen)."""
+    import av
+
+    wanted_set = set(int(i) for i in wanted)
+    last = max(wanted_set)
+    got: dict[int, Image.Image] = {}
+    i = -1
+    with av.open(path) as c:
+        v = c.streams.video[0]
+        v.thread_type = "AUTO"
+        for i, frame in enumerate(c.decode(v)):
+            if i in wanted_set:
+                got[i] = frame.to_image()
+            if i >= last:
+                break
+    return got, i + 1
+
+
+def read_frames(path: str | os.PathLike, num_frames: int = 16,
+                clip_seconds: float = CLIP_SECONDS, start_frame: int = 0,
+                size: int = IMAGE_SIZE, info: VideoInfo | None = None
+                ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Decodes the official N frames of a clip, resized and center-cropped.
+
+    When the stream ends before the container's frame count (a common metadata error), the
+    indices are recomputed from the frames actually decoded, as if the true count had been known.
+
+    Returns:
+      (frames [N, size, size, 3] uint8 RGB, decode-order indices [N] int64, fps).
+
+    Raises:
+      ValueError: no video stream or no decodable frame.
+    """
+    path = os.fspath(path)
+    info = info or probe(path)
+    count = info.frame_count - start_frame
+    idx = official_frame_indices(count, info.fps, num_frames, clip_seconds, start_frame)
+    got, seen = _decode_indices(path, idx)
+    if len(got) < len(set(idx.tolist())):
+        actual = seen - start_frame
+        if actual <= 0:
+            raise ValueError(f"no decodable video frame at or after frame {start_frame}")
+        idx = official_frame_indices(actual, info.fps, num_frames, clip_seconds, start_frame)
+        got, _ = _decode_indices(path, idx)
+        if len(got) < len(set(idx.tolist())):
+            raise ValueError("video frames could not be decoded consistently")
+    frames = np.stack([resize_center_crop(got[int(i)], size) for i in idx])
+    return frames, idx, info.fps
