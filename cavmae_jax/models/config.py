@@ -77,6 +77,10 @@ class ModelConfig:
         need(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         need(0 <= self.mask_ratio_a < 1 and 0 <= self.mask_ratio_v < 1,
              "mask ratios must be in [0, 1)")
+        for name, length, ratio in (("audio", self.num_patches_a, self.mask_ratio_a),
+                                    ("video", self.num_patches_v, self.mask_ratio_v)):
+            need(int(length * (1 - ratio)) >= 1,
+                 f"mask ratio {ratio} keeps no {name} token out of {length}")
         need(self.num_register_tokens >= 0, "num_register_tokens must be >= 0")
         need(self.temperature > 0, "temperature must be > 0")
         need(self.negative_groups >= 1, "negative_groups must be >= 1")

@@ -60,8 +60,11 @@ class CAVMAEClassifier(CAVMAE):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if self.is_initializing():  # create every parameter whatever the mode
-            for m in MODES[1:3]:
-                self.classify(audio, video, m)
+            for m in ("audioonly", "videoonly"):
+                self._classify(audio, video, m)
+        return self._classify(audio, video, mode)
+
+    def _classify(self, audio: jax.Array, video: jax.Array, mode: str) -> jax.Array:
         a, v = self._embed(audio, video)
         if mode in ("multimodal", "audioonly", "missingaudioonly"):
             a = self._unimodal(a, "a")
