@@ -1,0 +1,523 @@
+"""Grain pipelines from the ArrayRecord shards of `data_prep.convert`: train, eval, retrieval.
+
+Three modes, as in the official Sync loader (spec §1.6):
+
+- train: every clip once per epoch in a seeded order that changes each epoch, repeated;
+  per visit one frame k ~ U[0, N) paired with its audio window; augmentations (spec §3);
+  batches of `global_batch_size // process_count`, remainder dropped.
+- eval: k = N // 2 (or `eval_frame`), records in order, no augmentation, one pass; the last
+  batch is padded (`valid` False) so that every process yields the same number of batches.
+- retrieval: all N (window_k, frame_k) pairs of each clip, in order: `audio` [N, L, 128],
+  `video` [N, 224, 224, 3] per clip (or batches of clips).
+
+Sharding across processes: the per-epoch order is global and process p takes positions
+p, p + P, ... of it, so the shards are disjoint and cover each epoch. Randomness never depends on
+the process layout: each visit of a clip gets `np.random.default_rng([seed, epoch, clip])`,
+which picks k and draws every augmentation, so a restored iterator (its state is one integer)
+continues with exactly the same batches.
+
+Typical use in a train loop:
+
+    it = pipeline.make_train_iterator(data_dir, 'train', global_batch_size=48, seed=0)
+    ckpt.restore_latest(abstract_state, it)         # restores `it` in place
+    batch = next(it)   # dict of numpy: audio [b, L, 128], video [b, 224, 224, 3], labels [b, C]
+
+Transforms are module-level classes: Grain workers use spawn + pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import numpy as np
+
+from cavmae_jax import audio, video
+from cavmae_jax.data import augment, records
+
+DEFAULT_WINDOW_LENGTH = 416  # the released Sync model's 4 s windows
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Train-time augmentations (all off by default; official values in the comments).
+
+    CAV-MAE pretraining: noise=True. CAV-MAE finetuning: noise=True, mixup=0.5, freqm=48,
+    timem=192, label_smooth=0.1. Sync: none implemented officially (crop_and_flip optional).
+    """
+
+    noise: bool = False  # noise + circular time roll after normalization
+    freqm: int = 0  # SpecAugment frequency-mask parameter (0 = off)
+    timem: int = 0  # SpecAugment time-mask parameter (0 = off)
+    mixup: float = 0.0  # probability of mixing with a uniformly drawn other clip
+    mixup_alpha: float = augment.MIXUP_ALPHA  # lambda ~ Beta(alpha, alpha)
+    label_smooth: float = 0.0  # official target smoothing (mixed and unmixed)
+    crop_and_flip: bool = False  # Sync's RandomResizedCrop + RandomHorizontalFlip
+    crop_scale: tuple[float, float] = augment.CROP_SCALE
+    crop_ratio: tuple[float, float] = augment.CROP_RATIO
+    flip_prob: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """What the pipelines read and how; every field has a working default."""
+
+    window_length: int = DEFAULT_WINDOW_LENGTH  # L audio frames per window; 1024 = CAV-MAE
+    num_frames: int | None = None  # expected N (checked against metadata.json), None = any
+    audio_mean: float | str = audio.FBANK_MEAN  # or 'data': metadata.json's train-split stats
+    audio_std: float | str = audio.FBANK_STD  # or 'data'
+    eval_frame: int | None = None  # eval frame k; None = N // 2 (Sync: 8; CAV-MAE N=10: 5)
+    image_size: int = video.IMAGE_SIZE
+    augment: AugmentConfig = AugmentConfig()
+    pad_eval: bool = True  # pad eval/retrieval so all processes yield equal batch counts
+    worker_count: int = 0  # Grain worker processes (0: threads in this process; fastest on CPU)
+    worker_buffer_size: int = 2  # batches buffered per worker
+    read_threads: int = 2  # threads per process producing batches
+    prefetch_buffer_size: int = 4  # batches prefetched per process
+
+
+def _as_dict(config: Any) -> dict[str, Any]:
+    """Mapping or ml_collections ConfigDict (not a Mapping subclass) -> plain nested dict."""
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def make_config(config: PipelineConfig | Mapping[str, Any] | None = None,
+                **overrides: Any) -> PipelineConfig:
+    """PipelineConfig from a dataclass, a mapping / ml_collections ConfigDict, plus overrides.
+
+    `augment` may be an AugmentConfig or a mapping of its fields; an `augment` mapping in
+    `overrides` updates the base config's augment fields instead of replacing them. Unknown
+    keys raise ValueError naming them.
+    """
+    if config is None:
+        fields: dict[str, Any] = {}
+    elif isinstance(config, PipelineConfig):
+        fields = dataclasses.asdict(config)
+    else:
+        fields = _as_dict(config)
+    base_aug = fields.get("augment")
+    fields.update(overrides)
+    new_aug = overrides.get("augment")
+    if base_aug is not None and new_aug is not None and not isinstance(new_aug, AugmentConfig):
+        if isinstance(base_aug, AugmentConfig):
+            base_aug = dataclasses.asdict(base_aug)
+        fields["augment"] = {**_as_dict(base_aug), **_as_dict(new_aug)}
+    known = {f.name for f in dataclasses.fields(PipelineConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown pipeline config key(s) {unknown}; known: {sorted(known)}")
+    aug = fields.get("augment", AugmentConfig())
+    if not isinstance(aug, AugmentConfig):
+        aug = _as_dict(aug)
+        aug_known = {f.name for f in dataclasses.fields(AugmentConfig)}
+        bad = sorted(set(aug) - aug_known)
+        if bad:
+            raise ValueError(f"unknown augment config key(s) {bad}; known: {sorted(aug_known)}")
+        aug = AugmentConfig(**{k: (tuple(v) if isinstance(v, list) else v)
+                               for k, v in aug.items()})
+    fields["augment"] = aug
+    cfg = PipelineConfig(**fields)
+    if cfg.window_length <= 0:
+        raise ValueError(f"window_length must be positive, got {cfg.window_length}")
+    if not 0.0 <= cfg.augment.mixup <= 1.0:
+        raise ValueError(f"augment.mixup is a probability, got {cfg.augment.mixup}")
+    return cfg
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def load_metadata(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """`DIR/metadata.json` written by data_prep.convert."""
+    path = pathlib.Path(data_dir) / "metadata.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {data_dir} a data_prep.convert output?")
+    return json.loads(path.read_text())
+
+
+def shard_paths(data_dir: str | os.PathLike, split: str) -> list[str]:
+    """Sorted `DIR/<split>.array_record-xxxxx-of-yyyyy` files (record index = their order)."""
+    paths = sorted(str(p) for p in pathlib.Path(data_dir).glob(f"{split}.array_record-*")
+                   if not p.name.endswith(".tmp"))
+    if not paths:
+        raise FileNotFoundError(f"no {split}.array_record-* shards in {data_dir}")
+    return paths
+
+
+def audio_stats(config: PipelineConfig, metadata: Mapping[str, Any]) -> tuple[float, float]:
+    """(mean, std) for fbank normalization: the official constants or metadata's stats.
+
+    'data' takes the train split's stats (what the official stats were computed on), or the
+    whole dataset's when there is no train split.
+    """
+    stats = metadata.get("splits", {}).get("train", {}).get("fbank_stats") or metadata.get(
+        "fbank_stats", {})
+
+    def pick(value: float | str, key: str) -> float:
+        if isinstance(value, str):
+            if value != "data":
+                raise ValueError(f"audio_{key} must be a number or 'data', got {value!r}")
+            if stats.get(key) is None:
+                raise ValueError(f"metadata.json has no fbank_stats.{key} for audio_{key}='data'")
+            return float(stats[key])
+        return float(value)
+
+    return pick(config.audio_mean, "mean"), pick(config.audio_std, "std")
+
+
+def _process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax  # only for the defaults: the pipeline itself never touches jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    return int(process_index), int(process_count)
+
+
+def _per_process_batch(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of "
+                         f"process_count {process_count}")
+    return global_batch_size // process_count
+
+
+# ------------------------------------------------------------------------------ per clip
+
+
+@functools.lru_cache(maxsize=1)
+def _image_lut() -> np.ndarray:
+    """[3, 256] float32: video.normalize_image of every uint8 value, per channel."""
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)  # [256, 3]
+    lut = np.ascontiguousarray(video.normalize_image(values).T)
+    lut.setflags(write=False)
+    return lut
+
+
+def normalize_frames(frames: np.ndarray) -> np.ndarray:
+    """ImageNet normalization by table lookup: `video.normalize_image`'s exact values, 2x faster.
+
+    uint8 [..., H, W, 3] -> float32 [..., H, W, 3].
+    """
+    lut = _image_lut()
+    out = np.empty(frames.shape, np.float32)
+    for c in range(3):
+        np.take(lut[c], frames[..., c], out=out[..., c])
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _window_table(num_frames: int, window_length: int, total: int) -> np.ndarray:
+    table = audio.window_table(num_frames, window_length, total)
+    table.setflags(write=False)
+    return table
+
+
+class _ClipReader:
+    """Reads one record and turns it into model inputs; shared by all modes (picklable)."""
+
+    def __init__(self, source: grain.sources.ArrayRecordDataSource, num_classes: int,
+                 config: PipelineConfig, mean: float, std: float):
+        self.source = source
+        self.num_classes = num_classes
+        self.config = config
+        self.mean = mean
+        self.std = std
+
+    def read(self, index: int) -> dict[str, Any]:
+        """Parses record `index` once; frames stay JPEG bytes until `frame` decodes one."""
+        return records.decode(self.source[int(index)], decode_frames=False,
+                              fbank_dtype=np.float16)
+
+    def frame(self, rec: Mapping[str, Any], k: int) -> np.ndarray:
+        """Frame k of a parsed record: JPEG-decoded, resized/cropped to S x S, uint8 [S, S, 3].
+
+        Resize + center crop happen only when the stored frame is not S x S (data_prep stores
+        224 x 224 already, so this is the official Resize(224) + CenterCrop(224) no-op).
+        """
+        img = video.decode_jpeg(rec["frames_jpeg"][k])
+        size = self.config.image_size
+        if img.shape[:2] != (size, size):
+            img = video.resize_center_crop(img, size)
+        return img
+
+    def window(self, rec: Mapping[str, Any], k: int) -> np.ndarray:
+        """Raw log-mel window of frame k: [L, 128] float32.
+
+        The record's own table row when its width is L (the prewindowed case); otherwise the
+        same official rule recomputed for L (e.g. 1024 = the whole clip for CAV-MAE).
+        """
+        fbank = rec["fbank"]
+        length = self.config.window_length
+        if length > fbank.shape[0]:
+            raise ValueError(f"window_length {length} > record fbank length {fbank.shape[0]}")
+        start, end = (int(x) for x in rec["windows"][k])
+        if end - start != length:
+            start, end = (int(x) for x in _window_table(rec["num_frames"], length,
+                                                        fbank.shape[0])[k])
+        return fbank[start:end].astype(np.float32)
+
+    def labels(self, rec: Mapping[str, Any]) -> np.ndarray:
+        return records.multi_hot(rec["labels"], self.num_classes)  # [C]
+
+    def normalize_audio(self, x: np.ndarray) -> np.ndarray:
+        return audio.normalize(x, self.mean, self.std).astype(np.float32)
+
+
+def _check_k(k: int, n: int) -> int:
+    if not -n <= k < n:
+        raise ValueError(f"frame {k} out of range for a clip with {n} frames")
+    return k % n
+
+
+class TrainVisit(grain.transforms.MapWithIndex):
+    """(position in the repeated, shuffled stream, clip index) -> {'clip', 'epoch'}."""
+
+    def __init__(self, num_records: int):
+        self.num_records = num_records
+
+    def map_with_index(self, index: int, element: int) -> dict[str, int]:
+        return {"clip": int(element), "epoch": index // self.num_records}
+
+
+class TrainExample(grain.transforms.Map):
+    """One train visit -> example: random k, its window and frame, augmentations, normalization.
+
+    All randomness comes from `np.random.default_rng([seed, epoch, clip])`, drawn in a fixed
+    order: k, crop/flip, mixup coin, partner clip, partner k, partner crop/flip, lambda,
+    SpecAugment, noise. It depends on neither the process layout nor the worker count.
+    """
+
+    def __init__(self, reader: _ClipReader, seed: int):
+        self.reader = reader
+        self.seed = seed
+
+    def _one(self, clip: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        r = self.reader
+        aug = r.config.augment
+        rec = r.read(clip)
+        k = int(rng.integers(0, rec["num_frames"]))  # official: one uniform k per clip per visit
+        frame = r.frame(rec, k)
+        if aug.crop_and_flip:
+            frame = augment.random_resized_crop_and_flip(
+                frame, rng, r.config.image_size, aug.crop_scale, aug.crop_ratio, aug.flip_prob)
+        return r.window(rec, k), normalize_frames(frame), r.labels(rec), k
+
+    def map(self, element: Mapping[str, int]) -> dict[str, np.ndarray]:
+        r = self.reader
+        aug = r.config.augment
+        clip = int(element["clip"])
+        rng = np.random.default_rng([self.seed, int(element["epoch"]), clip])
+        fb, img, y, k = self._one(clip, rng)  # [L, 128] raw, [S, S, 3], [C]
+        if aug.mixup > 0 and rng.random() < aug.mixup:
+            other = int(rng.integers(0, len(r.source)))  # official: any clip, itself included
+            fb2, img2, y2, _ = self._one(other, rng)
+            # Mixing raw log-mels equals mixing normalized ones (affine normalization).
+            fb, img, y, _ = augment.mixup(fb, img, y, fb2, img2, y2, rng, aug.mixup_alpha,
+                                          aug.label_smooth)
+        else:
+            y = augment.smooth_labels(y, aug.label_smooth)
+        if aug.freqm > 0 or aug.timem > 0:
+            fb = augment.spec_augment(fb, rng, aug.freqm, aug.timem)  # before normalization
+        x = r.normalize_audio(fb)
+        if aug.noise:
+            x = augment.add_noise_and_roll(x, rng)  # after normalization
+        return {"audio": x, "video": img.astype(np.float32, copy=False), "labels": y,
+                "frame_k": np.int32(k), "clip_index": np.int64(clip)}
+
+
+class EvalExample(grain.transforms.Map):
+    """Position in the (padded) eval order -> example at the fixed eval frame, `valid` flag."""
+
+    def __init__(self, reader: _ClipReader, num_records: int):
+        self.reader = reader
+        self.num_records = num_records
+
+    def map(self, position: int) -> dict[str, np.ndarray]:
+        r = self.reader
+        valid = int(position) < self.num_records
+        clip = int(position) % self.num_records
+        rec = r.read(clip)
+        n = rec["num_frames"]
+        k = n // 2 if r.config.eval_frame is None else _check_k(r.config.eval_frame, n)
+        return {"audio": r.normalize_audio(r.window(rec, k)),
+                "video": normalize_frames(r.frame(rec, k)),
+                "labels": r.labels(rec), "frame_k": np.int32(k), "clip_index": np.int64(clip),
+                "valid": np.bool_(valid)}
+
+
+class RetrievalExample(grain.transforms.Map):
+    """Position -> all N (window_k, frame_k) pairs of one clip, k = 0..N-1 in order."""
+
+    def __init__(self, reader: _ClipReader, num_records: int):
+        self.reader = reader
+        self.num_records = num_records
+
+    def map(self, position: int) -> dict[str, Any]:
+        r = self.reader
+        valid = int(position) < self.num_records
+        clip = int(position) % self.num_records
+        rec = r.read(clip)
+        n = rec["num_frames"]
+        windows = np.stack([r.window(rec, k) for k in range(n)])  # [N, L, 128]
+        frames = np.stack([r.frame(rec, k) for k in range(n)])  # [N, S, S, 3] uint8
+        return {"audio": r.normalize_audio(windows), "video": normalize_frames(frames),
+                "labels": r.labels(rec), "frame_k": np.arange(n, dtype=np.int32),
+                "clip_index": np.int64(clip), "id": rec["id"], "valid": np.bool_(valid)}
+
+
+# ------------------------------------------------------------------------------ datasets
+
+
+def _reader(data_dir: str | os.PathLike, split: str, config: PipelineConfig
+            ) -> tuple[_ClipReader, int]:
+    meta = load_metadata(data_dir)
+    settings = meta.get("settings", {})
+    if config.num_frames is not None and settings.get("num_frames") not in (None,
+                                                                            config.num_frames):
+        raise ValueError(f"records in {data_dir} have {settings['num_frames']} frames per clip, "
+                         f"the config expects num_frames={config.num_frames}")
+    target = settings.get("target_length", audio.TARGET_LENGTH)
+    if config.window_length > target:
+        raise ValueError(f"window_length {config.window_length} > the records' fbank length "
+                         f"{target}")
+    source = grain.sources.ArrayRecordDataSource(shard_paths(data_dir, split))
+    mean, std = audio_stats(config, meta)
+    return _ClipReader(source, int(meta.get("num_classes", 0)), config, mean, std), len(source)
+
+
+def _finish(ds: grain.MapDataset, config: PipelineConfig) -> grain.IterDataset:
+    """MapDataset of batches -> IterDataset: read threads, prefetch, optional worker processes."""
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
+                                              prefetch_buffer_size=config.prefetch_buffer_size))
+    if config.worker_count > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
+    return it
+
+
+def _padded_positions(num_records: int, process_index: int, process_count: int, unit: int,
+                      pad: bool) -> grain.MapDataset:
+    """This process's positions p, p + P, ...; padded to a multiple of P * unit when `pad`."""
+    total = num_records
+    if pad:
+        total = math.ceil(num_records / (process_count * unit)) * process_count * unit
+    return grain.MapDataset.range(total)[process_index::process_count]
+
+
+def train_dataset(data_dir: str | os.PathLike, split: str = "train", *, global_batch_size: int,
+                  seed: int, process_index: int | None = None, process_count: int | None = None,
+                  config: PipelineConfig | Mapping[str, Any] | None = None,
+                  num_epochs: int | None = None, **overrides: Any) -> grain.IterDataset:
+    """The train pipeline as a Grain IterDataset (see `make_train_iterator`)."""
+    cfg = make_config(config, **overrides)
+    p, count = _process_layout(process_index, process_count)
+    batch = _per_process_batch(global_batch_size, count)
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    reader, n = _reader(data_dir, split, cfg)
+    ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(num_epochs)  # new order per epoch
+    ds = ds.map_with_index(TrainVisit(n))[p::count]
+    ds = ds.map(TrainExample(reader, seed)).batch(batch, drop_remainder=True)
+    return _finish(ds, cfg)
+
+
+def make_train_iterator(data_dir: str | os.PathLike, split: str = "train", *,
+                        global_batch_size: int, seed: int, process_index: int | None = None,
+                        process_count: int | None = None,
+                        config: PipelineConfig | Mapping[str, Any] | None = None,
+                        num_epochs: int | None = None, **overrides: Any
+                        ) -> grain.DatasetIterator:
+    """Checkpointable iterator of this process's train batches.
+
+    Args:
+      data_dir: a data_prep.convert output folder.
+      split: which `<split>.array_record-*` shards.
+      global_batch_size: across all processes; each yields global_batch_size // process_count.
+      seed: shuffle order and every per-visit random draw.
+      process_index, process_count: this process's slice (default: jax.process_index/count).
+      config: PipelineConfig, or a mapping / ConfigDict of its fields.
+      num_epochs: None repeats forever.
+      **overrides: PipelineConfig fields (e.g. window_length=1024, augment={...}).
+
+    Returns:
+      Iterator of dicts: `audio` [b, L, 128] float32 normalized, `video` [b, S, S, 3] float32
+      ImageNet-normalized, `labels` [b, C] float32 (smoothed/mixed when configured), `frame_k`
+      [b] int32, `clip_index` [b] int64. Save/restore it with `train.checkpoint.Checkpointer`
+      (or `get_state` / `set_state`).
+    """
+    return iter(train_dataset(data_dir, split, global_batch_size=global_batch_size, seed=seed,
+                              process_index=process_index, process_count=process_count,
+                              config=config, num_epochs=num_epochs, **overrides))
+
+
+def eval_dataset(data_dir: str | os.PathLike, split: str = "eval", *, global_batch_size: int,
+                 process_index: int | None = None, process_count: int | None = None,
+                 config: PipelineConfig | Mapping[str, Any] | None = None,
+                 **overrides: Any) -> grain.IterDataset:
+    """The eval pipeline as a Grain IterDataset (see `make_eval_iterator`)."""
+    cfg = make_config(config, **overrides)
+    p, count = _process_layout(process_index, process_count)
+    batch = _per_process_batch(global_batch_size, count)
+    reader, n = _reader(data_dir, split, cfg)
+    ds = _padded_positions(n, p, count, batch, cfg.pad_eval)
+    ds = ds.map(EvalExample(reader, n)).batch(batch, drop_remainder=False)
+    return _finish(ds, cfg)
+
+
+def make_eval_iterator(data_dir: str | os.PathLike, split: str = "eval", *,
+                       global_batch_size: int, process_index: int | None = None,
+                       process_count: int | None = None,
+                       config: PipelineConfig | Mapping[str, Any] | None = None,
+                       **overrides: Any) -> grain.DatasetIterator:
+    """One pass over `split` at the eval frame (k = N // 2 unless `eval_frame`), no augmentation.
+
+    Batches as in train plus `valid` [b] bool: with `pad_eval` (default) the last batches are
+    padded with repeated clips marked invalid, so every process yields
+    ceil(num_records / global_batch_size) batches of full size; mask them out of metrics.
+    """
+    return iter(eval_dataset(data_dir, split, global_batch_size=global_batch_size,
+                             process_index=process_index, process_count=process_count,
+                             config=config, **overrides))
+
+
+def retrieval_dataset(data_dir: str | os.PathLike, split: str = "eval", *,
+                      process_index: int | None = None, process_count: int | None = None,
+                      clips_per_batch: int | None = None,
+                      config: PipelineConfig | Mapping[str, Any] | None = None,
+                      **overrides: Any) -> grain.IterDataset:
+    """The retrieval pipeline as a Grain IterDataset (see `make_retrieval_iterator`)."""
+    cfg = make_config(config, **overrides)
+    p, count = _process_layout(process_index, process_count)
+    reader, n = _reader(data_dir, split, cfg)
+    unit = clips_per_batch or 1
+    ds = _padded_positions(n, p, count, unit, cfg.pad_eval and count * unit > 1)
+    ds = ds.map(RetrievalExample(reader, n))
+    if clips_per_batch:
+        ds = ds.batch(clips_per_batch, drop_remainder=False)
+    return _finish(ds, cfg)
+
+
+def make_retrieval_iterator(data_dir: str | os.PathLike, split: str = "eval", *,
+                            process_index: int | None = None, process_count: int | None = None,
+                            clips_per_batch: int | None = None,
+                            config: PipelineConfig | Mapping[str, Any] | None = None,
+                            **overrides: Any) -> grain.DatasetIterator:
+    """All N window/frame pairs of every clip of this process, clips in record order.
+
+    Per clip (clips_per_batch None): `audio` [N, L, 128], `video` [N, S, S, 3] float32
+    normalized, `frame_k` [N] = 0..N-1, `labels` [C], `clip_index` int64, `id` str, `valid`.
+    With clips_per_batch c every field gains a leading [c] axis. With several processes (or
+    c > 1) and `pad_eval`, padding clips marked `valid` False even out the counts.
+    """
+    return iter(retrieval_dataset(data_dir, split, process_index=process_index,
+                                  process_count=process_count, clips_per_batch=clips_per_batch,
+                                  config=config, **overrides))
