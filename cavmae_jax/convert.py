@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from cavmae_jax.models.cavmae import CAVMAE, init_params
-from cavmae_jax.models.config import ModelConfig, from_official_kwargs
+from cavmae_jax.models.config import from_official_kwargs
 from cavmae_jax.models.heads import CAVMAEClassifier, init_classifier_params
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Model behaviour beyond the fixtures: other sizes, options, edge cases the official code breaks on."""
+"""Model behaviour beyond the fixtures: other sizes, options, and official-code edge cases."""
 
 import jax
 import jax.numpy as jnp
@@ -88,7 +88,8 @@ def test_joint_blocks_apply_cumulatively():
     audio, video, _, _ = inputs(model.config)
     feats = features(model, params, audio, video)
     changed = jax.tree.map(lambda x: x, params)
-    changed["blocks_u_0"]["mlp"]["fc2"]["bias"] = params["blocks_u_0"]["mlp"]["fc2"]["bias"] + jnp.linspace(-1.0, 1.0, 32)
+    bias = params["blocks_u_0"]["mlp"]["fc2"]["bias"]
+    changed["blocks_u_0"]["mlp"]["fc2"]["bias"] = bias + jnp.linspace(-1.0, 1.0, 32)
     feats2 = features(model, changed, audio, video)
     assert float(jnp.abs(feats["global_a"] - feats2["global_a"]).max()) > 1e-3
 

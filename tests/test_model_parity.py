@@ -36,7 +36,8 @@ class Case:
         self.video = jnp.asarray(nchw_to_nhwc(inputs["video"]))
         self.noise_a = jnp.asarray(noise["audio"])
         self.noise_v = jnp.asarray(noise["video"])
-        self.unused = set(self.meta["trainable_but_unused_in_pretraining_forward (grad stored as 0)"])
+        unused_key = "trainable_but_unused_in_pretraining_forward (grad stored as 0)"
+        self.unused = set(self.meta[unused_key])
 
     def pretrain(self, params, *inputs, mutable=("intermediates",)):
         inputs = inputs or (self.audio, self.video, self.noise_a, self.noise_v)

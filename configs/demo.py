@@ -1,0 +1,30 @@
+"""The demo: a tiny CAV-MAE Sync trained on the built-in synthetic clips, on CPU, in minutes.
+
+`make demo` generates clips (data_prep.synthetic), converts them (data_prep.convert), trains this
+config and evaluates retrieval on held-out clips. Same code paths as the full recipes; only the
+sizes are small: ViT dim 96, 2+1 layers, 4.16 s windows x 16 frames, 2 registers.
+"""
+
+from configs import common
+
+
+def get_config(arg: str = "") -> "common.ml_collections.ConfigDict":
+    c = common.get_base_config()
+    c.model = common.model_config(
+        arch="sync", audio_length=416, embed_dim=96, num_heads=4, modality_specific_depth=2,
+        joint_depth=1, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4,
+        num_register_tokens=2, global_tokens=True, norm_pix_loss=True,
+        mask_ratio_a=0.75, mask_ratio_v=0.75, contrast_loss_weight=0.05)
+    c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, b1=0.9, b2=0.95, warmup_steps=40,
+                   end_lr=1e-5, grad_clip_norm=1.0)
+    c.train.update(global_batch_size=32, num_epochs=40, log_every=20, checkpoint_every=200)
+    c.data.augment.crop_and_flip = False
+    c.eval.batch_size = 16
+    if arg == "test":  # the shrunken demo the tests run: a few steps, same code paths
+        c.model.update(embed_dim=32, num_heads=2, modality_specific_depth=1,
+                       decoder_embed_dim=16, decoder_num_heads=2, audio_length=64)
+        c.train.update(global_batch_size=8, num_epochs=0, num_steps=6, log_every=2,
+                       checkpoint_every=3, async_checkpoints=False)
+    elif arg:
+        raise ValueError(f"unknown config argument {arg!r}; use '' or 'test'")
+    return c
