@@ -118,7 +118,8 @@ def build_run(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> Run:
         model_cfg = model_cfg.replace(negative_groups=mesh.devices.size)
     metadata = pipeline.load_metadata(config.data.dir)
     model = build_model(config, model_cfg, metadata)
-    num_train = int(metadata["splits"][config.data.train_split]["num_records"])
+    splits = metadata.get("splits", {})
+    num_train = int(splits.get(config.data.train_split, {}).get("num_records", 0))
     steps_per_epoch = max(1, num_train // config.train.global_batch_size)
     total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
     tx, schedule = build_optimizer(config, model.config, steps_per_epoch, total_steps)
