@@ -1,8 +1,9 @@
 """Converts videos (or the official datafile JSON, or a CSV of visual/audio pairs) to ArrayRecord.
 
-    python -m data_prep.convert --input PATH --output DIR [--labels CSV] [--workers N]
+    python -m data_prep.convert --input PATH --output DIR [--labels CSV] [--vocabulary CSV]
+        [--split NAME] [--holdout FRACTION --holdout_split NAME] [--workers N]
         [--num_frames 16] [--window_length 416] [--target_length 1024] [--mix first|mean]
-        [--split NAME] [--split_long] [--clip_seconds 10] [--shard_size 1024] [--strict]
+        [--split_long] [--clip_seconds 10] [--shard_size 1024] [--strict]
 
 Inputs (PATH):
   * a folder: every video file under it (recursive; by extension, see VIDEO_EXTS), id = path
@@ -12,9 +13,33 @@ Inputs (PATH):
   * a `*.csv` of pairs: columns `visual,audio[,labels][,id][,split]` (header optional when in
     that order); `visual` is a video or a still image (repeated for all N frames); `audio` may
     be empty (then the visual file's audio track is used).
-  Labels are comma-separated strings (AudioSet mids or names). With `--labels` (the official
-  `class_labels_indices.csv`: index,mid,display_name) they map to its indices; otherwise the
-  vocabulary is the sorted set of label strings seen. A JSON entry / CSV row may carry `split`.
+  Labels in a JSON entry / pairs row are comma-separated strings (AudioSet mids or names); an
+  entry / row may carry `split`.
+
+Labels (`--labels CSV`; the kind is told by the header):
+  * a VOCABULARY, the official `class_labels_indices.csv` (index,mid,display_name): label
+    strings (mids or display names) map to its indices; a label outside it fails the clip;
+  * a PER-CLIP file, for folder inputs: header with `id` (the clip id, i.e. the relative path
+    without extension; the file stem or file name also match when unique) or `path` (relative
+    to --input, or absolute), and `labels` (several labels separated by `;`, or by `,` when the
+    field holds no `;`), optionally `split`. `data_prep.synthetic` writes such a file
+    (`DIR/labels.csv`, columns id,labels). A clip missing from the file is a failure ("no labels
+    entry"): an unlabeled record would silently read as "none of the classes"; list the clip
+    with an empty labels field to keep it unlabeled on purpose. Entries that match no file are
+    counted in metadata (`input.labels_unmatched`) and otherwise ignored.
+  `--vocabulary CSV` (class_labels_indices.csv) fixes the indices for any input kind (with a
+  per-clip file, a datafile or a pairs CSV). Without a vocabulary the classes are the sorted set
+  of label strings seen.
+
+Splits: an input's own `split` (datafile entry, pairs row, per-clip file column) wins; other
+clips go to `--split`. `--holdout F --holdout_split test` moves round(F * n) of those n clips to
+the holdout split: the ones with the smallest SHA-256 of their clip id, so the choice depends
+only on the set of ids (not on order or workers), and the segments of a `--split_long` input
+stay together. Converting another input into an existing DIR with a different `--split` adds
+that split: finished splits are kept and metadata.json lists them all. Every split of a DIR
+shares the settings and the label vocabulary; a new input whose label names are not in the DIR's
+vocabulary is refused (pass `--vocabulary`, or convert all splits in one run). Reconverting a
+split from other inputs is refused too (use a new DIR).
 
 Per clip (the official recipe, spec §3 and §1.6): decode audio, first channel (`--mix`),
 resample to 16 kHz, remove the mean, Kaldi fbank, pad/cut to `target_length`; the window table;
@@ -26,10 +51,11 @@ failures.jsonl (the official loader would silently substitute an all-zero fbank)
 (`<id>_seg000`, ...); a trailing piece shorter than half a clip is dropped.
 
 Output: `DIR/<split>.array_record-xxxxx-of-yyyyy` (records from `cavmae_jax.data.records`,
-ArrayRecord "group_size:1,uncompressed"), `DIR/metadata.json`, `DIR/failures.jsonl`.
-Shard i of a split holds the inputs i*shard_size .. (i+1)*shard_size-1 in input order (folders
-sorted), so reruns give byte-identical shards. Shards are written to `*.tmp` and renamed when
-complete; per-shard bookkeeping lives in `DIR/.convert/`, so a rerun skips finished shards.
+ArrayRecord "group_size:1,uncompressed"), `DIR/metadata.json`, `DIR/failures.jsonl` (all splits).
+Shard i of a split holds that split's inputs i*shard_size .. (i+1)*shard_size-1 in input order
+(folders sorted), so reruns give byte-identical shards. Shards are written to `*.tmp` and renamed
+when complete; bookkeeping lives in `DIR/.convert/` (settings and vocabulary in dataset.json,
+one split-<name>.json per split, one json per finished shard), so a rerun skips finished shards.
 Exit status is 0 unless nothing converted, or `--strict` and anything failed.
 """
 
@@ -47,6 +73,7 @@ import math
 import multiprocessing
 import os
 import pathlib
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -299,6 +326,154 @@ def read_label_csv(path: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
     return vocab, lookup
 
 
+def _vocab_lookup(vocab: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Label string (mid, else display name) -> index, as read_label_csv builds it."""
+    lookup = {v["mid"]: v["index"] for v in vocab}
+    for v in vocab:
+        lookup.setdefault(v["display_name"], v["index"])
+    return lookup
+
+
+def _csv_header(path: str) -> list[str]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            head = next(csv.reader(f), [])
+    except OSError as e:
+        raise SystemExit(f"--labels {path}: cannot read it: {e}") from None
+    return [c.strip().lower() for c in head]
+
+
+def label_file_kind(path: str) -> str:
+    """Tells a label file's kind by its header: "vocabulary" or "per_clip"."""
+    cols = set(_csv_header(path))
+    if "index" in cols and cols & {"mid", "display_name"}:
+        return "vocabulary"
+    if cols & {"labels", "label"} and cols & {"id", "path"}:
+        return "per_clip"
+    raise SystemExit(
+        f"--labels {path}: header {sorted(cols)} is neither a vocabulary "
+        "(index,mid,display_name: the official class_labels_indices.csv) nor a per-clip label "
+        "file (id or path, labels[, split])")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelEntry:
+    """One row of a per-clip label file."""
+
+    key: str  # clip id, relative path (normalized, posix) or absolute real path
+    is_path: bool  # from the path column: matches exactly, never by file stem / name
+    labels: tuple[str, ...]
+    split: str | None
+    line: int
+
+
+def _split_clip_labels(field: str) -> tuple[str, ...]:
+    """`a;b` or `a,b` -> (a, b); `;` wins, so names with commas survive when `;` separates."""
+    parts = field.split(";") if ";" in field else field.split(",")
+    return tuple(dict.fromkeys(x.strip() for x in parts if x.strip()))
+
+
+def read_clip_labels(path: str) -> list[LabelEntry]:
+    """A per-clip label file (id|path, labels[, split]) -> its entries, in file order.
+
+    A `path` value (relative to the input folder, or absolute) wins over `id` in the same row.
+    Raises SystemExit when a clip is listed twice.
+    """
+    entries, first = [], {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        cols = [c.strip().lower() for c in next(reader, [])]
+        for line, row in enumerate(reader, start=2):
+            if not row or not any(c.strip() for c in row):
+                continue
+            rec = {cols[i]: row[i].strip() for i in range(min(len(cols), len(row)))}
+            ref = rec.get("path") or ""
+            if ref:
+                if os.path.isabs(ref):
+                    key = os.path.realpath(ref)
+                else:  # relative to the input folder, as the rows' `source` is
+                    key = pathlib.PurePath(os.path.normpath(ref)).as_posix()
+            else:
+                key = rec.get("id") or ""
+            if not key:
+                raise SystemExit(f"--labels {path} line {line}: no id / path value")
+            if key in first:
+                raise SystemExit(f"--labels {path} line {line}: {key!r} is listed twice (first "
+                                 f"on line {first[key]})")
+            first[key] = line
+            labels = _split_clip_labels(rec.get("labels") or rec.get("label") or "")
+            entries.append(LabelEntry(key, bool(ref), labels, rec.get("split") or None, line))
+    return entries
+
+
+def _apply_clip_labels(raw: list[dict], entries: Sequence[LabelEntry], label_csv: str) -> int:
+    """Sets labels / split of folder rows from a per-clip file; returns #entries matching no file.
+
+    An entry matches a row by id, relative path or absolute path; an id entry failing those
+    matches by file stem or file name when exactly one file has it. Rows without an entry get a
+    "no labels entry" failure.
+    """
+    exact: dict[str, list[int]] = {}
+    loose: dict[str, list[int]] = {}
+    for i, r in enumerate(raw):
+        name = pathlib.PurePosixPath(r["source"]).name
+        for k in {r["id"], r["source"], os.path.realpath(r["video"])}:
+            exact.setdefault(k, []).append(i)
+        for k in {name, pathlib.PurePosixPath(name).stem}:
+            loose.setdefault(k, []).append(i)
+    fname = os.path.basename(label_csv)
+    assigned: dict[int, int] = {}  # row -> line of its entry
+    unmatched = 0
+    for e in entries:
+        rows = exact.get(e.key) or (None if e.is_path else loose.get(e.key)) or []
+        if not rows:
+            unmatched += 1
+            continue
+        if e.key not in exact and len(rows) > 1:
+            for i in rows:
+                raw[i].setdefault("fail", f"labels entry {e.key!r} ({fname} line {e.line}) is "
+                                          f"ambiguous: {len(rows)} files have that name; use the "
+                                          f"id {raw[i]['id']!r} or a path column")
+            continue
+        for i in rows:  # several only when files share an id (a.mp4, a.mkv): "duplicate id"
+            if i in assigned:
+                raw[i].setdefault("fail", f"two labels entries in {fname} (lines {assigned[i]} "
+                                          f"and {e.line})")
+                continue
+            assigned[i] = e.line
+            raw[i]["labels"] = list(e.labels)
+            if e.split:
+                raw[i]["split"], raw[i]["explicit_split"] = e.split, True
+    for i, r in enumerate(raw):
+        if i not in assigned:
+            r.setdefault("fail", f"no labels entry in {fname} for id {r['id']!r} (list it there, "
+                                 "with an empty labels field to keep it unlabeled)")
+    return unmatched
+
+
+def holdout_rank(clip_id: str) -> bytes:
+    """Sort key of `--holdout`: the clips with the smallest keys are held out."""
+    return hashlib.sha256(clip_id.encode("utf-8")).digest()
+
+
+def _assign_holdout(raw: list[dict], fraction: float, holdout_split: str) -> None:
+    """Moves round(fraction * n) of the n clips without an explicit split to holdout_split."""
+    ids = sorted({r["id"] for r in raw if r["id"] and not r.get("explicit_split")
+                  and "fail" not in r}, key=lambda i: (holdout_rank(i), i))
+    chosen = set(ids[:math.floor(fraction * len(ids) + 0.5)])
+    for r in raw:
+        if not r.get("explicit_split") and r["id"] in chosen:
+            r["split"] = holdout_split
+
+
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def valid_split_name(name: str) -> bool:
+    """Split names become file name prefixes: letters, digits, `_` and `-`."""
+    return bool(_SPLIT_NAME.fullmatch(name))
+
+
 def _split_labels(s: Any) -> list[str]:
     if s is None:
         return []
@@ -334,6 +509,7 @@ def _raw_from_datafile(path: pathlib.Path, split: str, num_frames: int) -> Itera
         frames = tuple(os.path.join(vdir, f"frame_{i}", f"{vid}.jpg") for i in range(num_frames))
         wav = e.get("wav")
         yield {"id": vid, "split": str(e.get("split") or split), "source": str(wav or vid),
+               "explicit_split": bool(e.get("split")),
                "audio": _resolve(str(wav), path.parent) if wav else None,
                "frame_paths": frames, "labels": _split_labels(e.get("labels"))}
 
@@ -359,14 +535,32 @@ def _raw_from_pairs(path: pathlib.Path, split: str) -> Iterator[dict]:
         is_image = vis_path.lower().endswith(IMAGE_EXTS)
         clip_id = rec.get("id") or pathlib.PurePath(visual).stem
         yield {"id": clip_id, "split": rec.get("split") or split, "source": visual,
+               "explicit_split": bool(rec.get("split")),
                "video": None if is_image else vis_path, "image": vis_path if is_image else None,
                "audio": _resolve(aud, path.parent) if aud else None,
                "labels": _split_labels(rec.get("labels") or rec.get("label"))}
 
 
 def collect_items(input_path: str, split: str, num_frames: int, label_csv: str | None = None,
-                  label_dirs: bool = False) -> tuple[list[Item], list[dict], list[dict], str]:
-    """Reads the input description -> (items, early failures, label vocabulary, input kind)."""
+                  label_dirs: bool = False, vocabulary_csv: str | None = None,
+                  holdout: float = 0.0, holdout_split: str = "test",
+                  report: dict[str, Any] | None = None,
+                  ) -> tuple[list[Item], list[dict], list[dict], str]:
+    """Reads the input description -> (items, early failures, label vocabulary, input kind).
+
+    Args:
+        input_path: folder, datafile .json or pairs .csv.
+        split: split of the inputs that name none.
+        num_frames: frames per clip (datafile inputs name that many frame files).
+        label_csv: a vocabulary (class_labels_indices.csv) or a per-clip label file (folder
+            inputs only); told apart by the header.
+        label_dirs: folder inputs: label = first sub-folder name.
+        vocabulary_csv: class_labels_indices.csv fixing the label indices.
+        holdout: fraction of the clips without an explicit split that go to `holdout_split`.
+        holdout_split: where held-out clips go.
+        report: if given, filled with `label_file` (kind or None), `vocabulary_fixed` (bool) and
+            `labels_unmatched` (per-clip file entries that match no input file).
+    """
     p = pathlib.Path(input_path)
     if p.is_dir():
         kind, raw = "folder", list(_raw_from_folder(p, split, label_dirs))
@@ -379,8 +573,28 @@ def collect_items(input_path: str, split: str, num_frames: int, label_csv: str |
     else:
         raise SystemExit(f"--input {input_path}: not found")
 
-    if label_csv:
-        vocab, lookup = read_label_csv(label_csv)
+    label_kind = label_file_kind(label_csv) if label_csv else None
+    if label_kind == "vocabulary" and vocabulary_csv:
+        raise SystemExit(f"--labels {label_csv} and --vocabulary {vocabulary_csv} are both "
+                         "vocabularies; give one (--vocabulary goes with a per-clip --labels file)")
+    if vocabulary_csv and label_file_kind(vocabulary_csv) != "vocabulary":
+        raise SystemExit(f"--vocabulary {vocabulary_csv}: expected the index,mid,display_name "
+                         "table (class_labels_indices.csv)")
+    vocab_csv = vocabulary_csv or (label_csv if label_kind == "vocabulary" else None)
+    unmatched = 0
+    if label_kind == "per_clip":
+        if kind != "folder":
+            raise SystemExit(f"--labels {label_csv} is a per-clip label file, which goes with a "
+                             f"folder --input; a {kind} input carries its own labels (and split)")
+        if label_dirs:
+            raise SystemExit("--label_dirs and a per-clip --labels file both set the labels; "
+                             "pick one")
+        unmatched = _apply_clip_labels(raw, read_clip_labels(label_csv), label_csv)
+    if holdout > 0:
+        _assign_holdout(raw, holdout, holdout_split)
+
+    if vocab_csv:
+        vocab, lookup = read_label_csv(vocab_csv)
     else:
         names = sorted({n for r in raw for n in r["labels"]})
         vocab = [{"index": i, "mid": n, "display_name": n} for i, n in enumerate(names)]
@@ -388,9 +602,13 @@ def collect_items(input_path: str, split: str, num_frames: int, label_csv: str |
 
     items, failures, seen = [], [], {}
     for r in raw:
-        fail = None
-        if not r["id"]:
+        fail = r.get("fail")
+        if fail is not None:
+            pass
+        elif not r["id"]:
             fail = "empty id"
+        elif not valid_split_name(r["split"]):
+            fail = f"invalid split name {r['split']!r} (letters, digits, '_' and '-' only)"
         elif (r["split"], r["id"]) in seen:
             fail = f"duplicate id {r['id']!r} (first used by {seen[(r['split'], r['id'])]})"
         elif not (r.get("video") or r.get("image") or r.get("frame_paths")):
@@ -407,6 +625,9 @@ def collect_items(input_path: str, split: str, num_frames: int, label_csv: str |
             id=r["id"], split=r["split"], source=r["source"], video=r.get("video"),
             audio=r.get("audio"), image=r.get("image"), frame_paths=r.get("frame_paths"),
             labels=tuple(sorted({lookup[n] for n in r["labels"]}))))
+    if report is not None:
+        report.update(label_file=label_kind, vocabulary_fixed=vocab_csv is not None,
+                      labels_unmatched=unmatched)
     return items, failures, vocab, kind
 
 
@@ -506,9 +727,12 @@ def _results(pending: list[Shard], cfg: ConvertConfig, workers: int) -> Iterator
             yield res
 
 
-def _fingerprint(cfg: ConvertConfig, shards: Iterable[Shard]) -> str:
+def _fingerprint(cfg: ConvertConfig, shards: Iterable[Shard],
+                 vocab: Sequence[dict[str, Any]] | None = None) -> str:
     doc = {"converter": CONVERTER_VERSION, "config": dataclasses.asdict(cfg),
            "shards": [[s.name, [dataclasses.asdict(i) for i in s.items]] for s in shards]}
+    if vocab is not None:
+        doc["labels"] = list(vocab)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -528,27 +752,106 @@ def _stats(s: float, ss: float, n: int) -> dict[str, float | int]:
     return {"mean": mean, "std": math.sqrt(max(ss / n - mean * mean, 0.0)), "num_values": n}
 
 
+def _read_json(path: pathlib.Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _split_state_path(out: pathlib.Path, split: str) -> pathlib.Path:
+    return out / STATE_DIR / f"split-{split}.json"
+
+
+def _reconcile_vocab(out: pathlib.Path, stored: list[dict], vocab: list[dict], fixed: bool,
+                     items: list[Item]) -> list[Item]:
+    """Makes this run's items use the vocabulary the DIR's other splits use (or refuses)."""
+    if vocab == stored:
+        return items
+    if fixed:
+        raise SystemExit(
+            f"{out} holds splits converted with another label vocabulary ({len(stored)} classes, "
+            f"see its metadata.json) than this run's ({len(vocab)} classes); record label indices "
+            "would disagree. Convert into a new --output, or convert every split with the same "
+            "--vocabulary")
+    lookup = _vocab_lookup(stored)
+    new = [v["mid"] for v in vocab if v["mid"] not in lookup]
+    if new:
+        shown = ", ".join(repr(n) for n in new[:5]) + (", ..." if len(new) > 5 else "")
+        raise SystemExit(
+            f"this input brings label names that {out}'s other splits do not have ({shown}; "
+            f"their vocabulary has {len(stored)} classes), so the label indices would disagree "
+            "between splits. Pass --vocabulary class_labels_indices.csv (index,mid,display_name) "
+            "to fix the indices for every split, or convert all splits in one run (a per-clip "
+            "--labels file with a split column, or --holdout); or use a new --output")
+    remap = {v["index"]: lookup[v["mid"]] for v in vocab}
+    return [dataclasses.replace(it, labels=tuple(sorted({remap[i] for i in it.labels})))
+            for it in items]
+
+
 def convert(input_path: str, output_dir: str, cfg: ConvertConfig, split: str = "train",
             label_csv: str | None = None, label_dirs: bool = False, shard_size: int = 1024,
-            workers: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Runs the whole conversion (resuming finished shards) and returns the metadata dict."""
+            workers: int = 1, progress: bool = True, vocabulary_csv: str | None = None,
+            holdout: float = 0.0, holdout_split: str = "test") -> dict[str, Any]:
+    """Runs the whole conversion (resuming finished shards) and returns the metadata dict.
+
+    Splits already in `output_dir` from other runs are kept and merged into metadata.json.
+    Raises SystemExit when `output_dir` holds a conversion this run cannot join (other settings,
+    another label vocabulary, or other inputs for one of this run's splits).
+    """
     t0 = time.time()
     out = pathlib.Path(output_dir)
-    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    state = out / STATE_DIR
+    if (state / "fingerprint").exists():
+        raise SystemExit(f"{out} was written by an older data_prep.convert; use a new --output "
+                         "folder or delete it")
+    report: dict[str, Any] = {}
     items, early_failures, vocab, kind = collect_items(
-        input_path, split, cfg.num_frames, label_csv, label_dirs)
+        input_path, split, cfg.num_frames, label_csv, label_dirs, vocabulary_csv, holdout,
+        holdout_split, report)
+
+    # The DIR-wide part: settings and vocabulary, shared by every split.
+    dataset = _read_json(state / "dataset.json")
+    cfg_doc = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    if dataset is not None:
+        if dataset["converter_version"] != CONVERTER_VERSION or dataset["config"] != cfg_doc:
+            changed = sorted(k for k in cfg_doc if dataset["config"].get(k) != cfg_doc[k])
+            raise SystemExit(f"{out} holds the output of a different conversion (other settings: "
+                             f"{', '.join(changed) or 'converter version'}); every split of a "
+                             "folder shares them. Use a new --output folder or delete it")
+        items = _reconcile_vocab(out, dataset["labels"], vocab, report["vocabulary_fixed"], items)
+        vocab = dataset["labels"]
+
+    # The per-split part: a split is converted from one input; a rerun resumes it.
     shards = plan_shards(items, shard_size) if items else []
-    fp = _fingerprint(cfg, shards)
-    fp_path = out / STATE_DIR / "fingerprint"
-    if fp_path.exists() and fp_path.read_text().strip() != fp:
-        raise SystemExit(f"{out} holds the output of a different conversion (other inputs or "
-                         "settings); use a new --output folder or delete it")
-    _atomic_write_text(fp_path, fp + "\n")
-    for stale in out.glob("*.tmp"):
-        stale.unlink()
+    run_splits = sorted({it.split for it in items} | {f["split"] for f in early_failures})
+    input_info = {"path": str(input_path), "kind": kind, "label_csv": label_csv,
+                  "label_file": report["label_file"], "vocabulary_csv": vocabulary_csv,
+                  "label_dirs": label_dirs, "split": split, "holdout": holdout,
+                  "holdout_split": holdout_split if holdout else None,
+                  "labels_unmatched": report["labels_unmatched"]}
+    new_states = {}
+    for s in run_splits:
+        sh = [x for x in shards if x.split == s]
+        new_states[s] = {"fingerprint": _fingerprint(cfg, sh, vocab),
+                         "shards": [x.name for x in sh], "shard_size": shard_size,
+                         "input": input_info,
+                         "early_failures": [f for f in early_failures if f["split"] == s]}
+        old = _read_json(_split_state_path(out, s))
+        if old is not None and old["shards"] and old["fingerprint"] != new_states[s]["fingerprint"]:
+            raise SystemExit(
+                f"split {s!r} in {out} holds a different conversion (other inputs or settings, "
+                f"from {old['input']['path']}); convert into another --split or a new --output "
+                "folder, or delete the folder")
+    state.mkdir(parents=True, exist_ok=True)
+    if dataset is None:
+        _atomic_write_text(state / "dataset.json", json.dumps(
+            {"converter_version": CONVERTER_VERSION, "config": cfg_doc, "labels": vocab,
+             "labels_fixed": report["vocabulary_fixed"]}, indent=1, sort_keys=True) + "\n")
+    for s, st in new_states.items():
+        _atomic_write_text(_split_state_path(out, s), json.dumps(st, sort_keys=True) + "\n")
+        for stale in out.glob(f"{s}.array_record-*.tmp"):
+            stale.unlink()
 
     def done(sh: Shard) -> bool:
-        return (out / sh.name).exists() and (out / STATE_DIR / (sh.name + ".json")).exists()
+        return (out / sh.name).exists() and (state / (sh.name + ".json")).exists()
 
     pending = [sh for sh in shards if not done(sh)]
     total = sum(len(sh.items) for sh in pending)
@@ -569,8 +872,19 @@ def convert(input_path: str, output_dir: str, cfg: ConvertConfig, split: str = "
     if bar is not None:
         bar.close()
 
-    parts = [json.loads((out / STATE_DIR / (sh.name + ".json")).read_text()) for sh in shards]
-    failures = list(early_failures) + [f for p in parts for f in p["failures"]]
+    # Merge every split of the folder (this run's and earlier runs') into the outputs.
+    states = {p.name[len("split-"):-len(".json")]: _read_json(p)
+              for p in sorted(state.glob("split-*.json"))}
+    parts, incomplete = [], {}
+    for s in sorted(states):
+        for name in states[s]["shards"]:
+            part = _read_json(state / (name + ".json"))
+            if part is None or not (out / name).exists():
+                incomplete.setdefault(s, []).append(name)
+            else:
+                parts.append(part)
+    failures = [f for s in sorted(states) for f in states[s]["early_failures"]]
+    failures += [f for p in parts for f in p["failures"]]
     with open(out / "failures.jsonl.tmp", "w", encoding="utf-8") as f:
         for rec in failures:
             f.write(json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n")
@@ -589,8 +903,11 @@ def convert(input_path: str, output_dir: str, cfg: ConvertConfig, split: str = "
             acc[0] += p["fbank_sum"]
             acc[1] += p["fbank_sumsq"]
             acc[2] += p["fbank_count"]
-    for s in splits.values():
+    for name, s in splits.items():
         s["fbank_stats"] = _stats(*s.pop("_sum"))
+        s["input"] = states[name]["input"]
+        if name in incomplete:
+            s["missing_shards"] = incomplete[name]
     num_records = sum(s["num_records"] for s in splits.values())
     meta = {
         "format": "cavmae_jax.data.records",
@@ -599,8 +916,7 @@ def convert(input_path: str, output_dir: str, cfg: ConvertConfig, split: str = "
         "tool_version": _tool_version(),
         "converter_version": CONVERTER_VERSION,
         "array_record_options": ARRAY_RECORD_OPTIONS,
-        "input": {"path": str(input_path), "kind": kind,
-                  "label_csv": label_csv, "label_dirs": label_dirs},
+        "input": input_info,  # this run's; each split's own is in splits[name]["input"]
         "settings": dataclasses.asdict(cfg) | {"split": split, "shard_size": shard_size},
         "num_records": num_records,
         "num_failed": len(failures),
@@ -625,11 +941,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data_prep.convert",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", required=True, help="folder of videos, datafile .json or .csv")
-    ap.add_argument("--output", required=True, help="output folder")
-    ap.add_argument("--labels", default=None, help="class_labels_indices.csv (index,mid,...)")
+    ap.add_argument("--output", required=True,
+                    help="output folder; may already hold other splits (they are kept)")
+    ap.add_argument("--labels", default=None, metavar="CSV",
+                    help="label file, told apart by its header: the vocabulary "
+                         "class_labels_indices.csv (index,mid,display_name), or, for a folder "
+                         "input, a per-clip file with id or path, labels (';'- or "
+                         "','-separated) and optionally split (e.g. data_prep.synthetic's "
+                         "labels.csv); clips missing from a per-clip file fail with 'no labels "
+                         "entry'")
+    ap.add_argument("--vocabulary", default=None, metavar="CSV",
+                    help="class_labels_indices.csv fixing the label indices (with a per-clip "
+                         "--labels file, a datafile or a pairs CSV); needed to add a split "
+                         "with new label names to an existing --output")
     ap.add_argument("--label_dirs", action="store_true",
                     help="folder input: label = first sub-folder name")
     ap.add_argument("--split", default="train", help="split name for inputs that name none")
+    ap.add_argument("--holdout", type=float, default=0.0, metavar="FRACTION",
+                    help="move round(FRACTION * n) of the n clips without an explicit split to "
+                         "--holdout_split (those with the smallest SHA-256 of the clip id: "
+                         "deterministic, independent of order and workers)")
+    ap.add_argument("--holdout_split", default="test", help="split name of the held-out clips")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--num_frames", type=int, default=16)
     ap.add_argument("--window_length", type=int, default=416)
@@ -652,14 +984,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--window_length must be in (0, --target_length]")
     if cfg.num_frames <= 0 or a.shard_size <= 0:
         ap.error("--num_frames and --shard_size must be positive")
+    for flag, name in (("--split", a.split), ("--holdout_split", a.holdout_split)):
+        if not valid_split_name(name):
+            ap.error(f"{flag} {name!r}: use letters, digits, '_' and '-'")
+    if not 0.0 <= a.holdout < 1.0:
+        ap.error("--holdout must be in [0, 1)")
+    if a.holdout and a.holdout_split == a.split:
+        ap.error("--holdout_split must differ from --split")
     meta = convert(a.input, a.output, cfg, a.split, a.labels, a.label_dirs, a.shard_size,
-                   a.workers, progress=not a.no_progress)
+                   a.workers, progress=not a.no_progress, vocabulary_csv=a.vocabulary,
+                   holdout=a.holdout, holdout_split=a.holdout_split)
     per_split = ", ".join(f"{k}: {v['num_records']}" for k, v in sorted(meta["splits"].items()))
     n_shards = sum(len(v["shards"]) for v in meta["splits"].values())
     print(f"converted {meta['num_records']} clips ({per_split or 'none'}) into {n_shards} shards "
           f"in {a.output}; {meta['num_failed']} failed (see failures.jsonl); "
           f"{len(meta['silent_ids'])} silent; {meta['_converted_now']} inputs processed now "
           f"in {meta['_seconds']:.1f} s")
+    if meta["input"]["labels_unmatched"]:
+        print(f"note: {meta['input']['labels_unmatched']} entries of {a.labels} match no input "
+              "file (ignored)")
+    for name, sp in sorted(meta["splits"].items()):
+        if "missing_shards" in sp:
+            print(f"warning: split {name!r} is incomplete ({len(sp['missing_shards'])} shards "
+                  f"missing); rerun its conversion (input {sp['input']['path']})")
     if meta["num_records"] == 0:
         return 1
     if a.strict and meta["num_failed"]:

@@ -280,3 +280,212 @@ def test_split_long(tmp_path):
         assert got == expected.tolist()
         assert r["source"]["segment"] == j and r["source"]["start_s"] == j
     assert recs[0]["num_fbank_frames"] == audio.num_fbank_frames(16000)
+
+
+# ----------------------------------------------------------------------------- labels and splits
+
+
+def _small_clip(path: pathlib.Path, tone_hz: float = 440.0) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_clip(path, seconds=0.5, fps=8, size=(32, 32), tone_hz=tone_hz)
+
+
+def _run(inp, out, *extra) -> int:
+    return convert.main(["--input", str(inp), "--output", str(out), "--num_frames", "2",
+                         "--workers", "1", "--no_progress", *map(str, extra)])
+
+
+def _label_names(out: pathlib.Path, split: str) -> dict[str, list[str]]:
+    """Record id -> its label names, through metadata.json's vocabulary."""
+    vocab = json.loads((out / "metadata.json").read_text())["labels"]
+    names = {v["index"]: v["mid"] for v in vocab}
+    return {r["id"]: [names[i] for i in r["labels"].tolist()] for r in _read_split(out, split)}
+
+
+def test_per_clip_label_file_for_a_folder(tmp_path):
+    root = tmp_path / "clips"
+    for rel in ["a.mp4", "c.mp4", "d.mp4", "e.mp4", "sub/b.mp4", "x/dup.mp4", "y/dup.mp4"]:
+        _small_clip(root / rel)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "id,path,labels,split\n"
+        'a,,"Speech, man;Dog",\n'  # ';' separates, so the comma stays inside a name
+        "b,,dog,val\n"  # the stem of sub/b.mp4 (unique), with its own split
+        f",{root / 'c.mp4'},cat,\n"  # an absolute path
+        ",./e.mp4,,\n"  # a path relative to --input; empty labels: unlabeled on purpose
+        "dup,,dog,\n"  # two files have this stem
+        "ghost,,dog,\n")  # no such file
+    out = tmp_path / "out"
+    assert _run(root, out, "--labels", labels) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert [v["mid"] for v in meta["labels"]] == ["Dog", "Speech, man", "cat", "dog"]
+    assert meta["input"]["label_file"] == "per_clip" and meta["input"]["labels_unmatched"] == 1
+    assert _label_names(out, "train") == {"a": ["Dog", "Speech, man"], "c": ["cat"], "e": []}
+    assert _label_names(out, "val") == {"sub/b": ["dog"]}
+    assert {k: v["num_records"] for k, v in meta["splits"].items()} == {"train": 3, "val": 1}
+    fails = _failures(out)
+    assert set(fails) == {"d", "x/dup", "y/dup"}
+    assert "no labels entry in labels.csv" in fails["d"]
+    assert "ambiguous" in fails["x/dup"] and "'y/dup'" in fails["y/dup"]
+
+    # A fixed vocabulary sets the indices; a name outside it fails the clip.
+    vocab = tmp_path / "class_labels_indices.csv"
+    vocab.write_text('index,mid,display_name\n0,/m/09x0r,"Speech, man"\n1,/m/0bt9lr,Dog\n'
+                     "2,/m/01yrx,cat\n")
+    items, early, voc, _ = convert.collect_items(str(root), "train", 2, str(labels),
+                                                 vocabulary_csv=str(vocab))
+    assert {it.id: it.labels for it in items} == {"a": (0, 1), "c": (2,), "e": ()}
+    assert [v["mid"] for v in voc] == ["/m/09x0r", "/m/0bt9lr", "/m/01yrx"]
+    unknown = {f["id"]: f["reason"] for f in early}["sub/b"]
+    assert "unknown label" in unknown and "'dog'" in unknown
+
+
+def test_label_file_errors(tmp_path):
+    root = tmp_path / "clips"
+    root.mkdir()
+    for name in ["a", "b"]:
+        (root / f"{name}.mp4").write_bytes(b"not decoded by collect_items")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,class\na,dog\n")
+    with pytest.raises(SystemExit, match="neither a vocabulary"):
+        convert.collect_items(str(root), "train", 2, str(bad))
+    twice = tmp_path / "twice.csv"
+    twice.write_text("id,labels\na,dog\nb,cat\na,cat\n")
+    with pytest.raises(SystemExit, match="line 4: 'a' is listed twice"):
+        convert.collect_items(str(root), "train", 2, str(twice))
+    per_clip = tmp_path / "per_clip.csv"
+    per_clip.write_text("id,labels,split\na,dog,bad/split\nb,cat,\n")
+    with pytest.raises(SystemExit, match="both set the labels"):
+        convert.collect_items(str(root), "train", 2, str(per_clip), label_dirs=True)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("visual,audio\na.mp4,\n")
+    with pytest.raises(SystemExit, match="goes with a folder --input"):
+        convert.collect_items(str(pairs), "train", 2, str(per_clip))
+    vocab = tmp_path / "vocab.csv"
+    vocab.write_text("index,mid,display_name\n0,dog,Dog\n")
+    with pytest.raises(SystemExit, match="give one"):
+        convert.collect_items(str(root), "train", 2, str(vocab), vocabulary_csv=str(vocab))
+    with pytest.raises(SystemExit, match="expected the index,mid,display_name"):
+        convert.collect_items(str(root), "train", 2, str(per_clip), vocabulary_csv=str(per_clip))
+    items, early, _, _ = convert.collect_items(str(root), "train", 2, str(per_clip))
+    assert [it.id for it in items] == ["b"]
+    assert "invalid split name 'bad/split'" in early[0]["reason"]
+    with pytest.raises(SystemExit):  # argparse: the holdout split must differ
+        convert.main(["--input", str(root), "--output", str(tmp_path / "o"), "--holdout", "0.5",
+                      "--holdout_split", "train"])
+
+
+def test_holdout_is_an_exact_deterministic_fraction(tmp_path):
+    root = tmp_path / "clips"
+    root.mkdir()
+    ids = [f"clip_{i:03d}" for i in range(40)]
+    for i in ids:
+        (root / f"{i}.mp4").write_bytes(b"x")
+    items, _, _, _ = convert.collect_items(str(root), "train", 2, holdout=0.25,
+                                           holdout_split="test")
+    test = sorted(it.id for it in items if it.split == "test")
+    assert len(test) == 10 and len(items) == 40
+    assert test == sorted(sorted(ids, key=convert.holdout_rank)[:10])  # smallest hashes
+    # Explicit splits from a per-clip file are kept; only the other clips are candidates.
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,labels,split\n" + "".join(
+        f"{i},c{k % 3},{'val' if k < 20 else ''}\n" for k, i in enumerate(ids)))
+    items, _, _, _ = convert.collect_items(str(root), "train", 2, str(labels), holdout=0.25,
+                                           holdout_split="test")
+    by_split = {s: sorted(it.id for it in items if it.split == s) for s in ("train", "val", "test")}
+    assert by_split["val"] == ids[:20]
+    assert by_split["test"] == sorted(sorted(ids[20:], key=convert.holdout_rank)[:5])
+    assert len(by_split["train"]) == 15
+
+
+def test_synthetic_folder_end_to_end(tmp_path):
+    from data_prep import synthetic as prep
+
+    clips = tmp_path / "V"
+    prep.main(["--output", str(clips), "--num_clips", "6", "--seed", "0", "--duration", "3",
+               "--no_progress"])
+    expected = dict(line.split(",") for line in (clips / "labels.csv").read_text().split()[1:])
+    outs = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"D{workers}"
+        rc = convert.main(["--input", str(clips), "--labels", str(clips / "labels.csv"),
+                           "--output", str(out), "--holdout", "0.34", "--holdout_split", "test",
+                           "--workers", workers, "--no_progress"])
+        assert rc == 0
+        outs.append(out)
+    assert _shard_bytes(outs[0]) == _shard_bytes(outs[1])
+    meta = json.loads((outs[0] / "metadata.json").read_text())
+    assert [v["mid"] for v in meta["labels"]] == sorted(set(expected.values()))
+    assert {k: v["num_records"] for k, v in meta["splits"].items()} == {"train": 4, "test": 2}
+    got = _label_names(outs[0], "train") | _label_names(outs[0], "test")
+    assert got == {k: [v] for k, v in expected.items()}
+    assert meta["num_failed"] == 0
+
+
+def test_add_split_to_existing_output(tmp_path):
+    def folder(name: str, clips: dict[str, str]) -> tuple[pathlib.Path, pathlib.Path]:
+        root = tmp_path / name
+        for i, clip in enumerate(clips):
+            _small_clip(root / f"{clip}.mp4", tone_hz=300 + 100 * i)
+        (root / "labels.csv").write_text(
+            "id,labels\n" + "".join(f"{k},{v}\n" for k, v in clips.items()))
+        return root, root / "labels.csv"
+
+    a, a_labels = folder("A", {"a1": "x", "a2": "y"})
+    b, b_labels = folder("B", {"b1": "y", "bad": "y"})
+    (b / "bad.mp4").write_text("not a video")
+    c, c_labels = folder("C", {"c1": "z"})
+    out = tmp_path / "out"
+    assert _run(a, out, "--labels", a_labels) == 0
+    train_before = _shard_bytes(out)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("train.*")}
+    assert _run(b, out, "--labels", b_labels, "--split", "val") == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert {k: v["num_records"] for k, v in meta["splits"].items()} == {"train": 2, "val": 1}
+    assert meta["splits"]["train"]["input"]["path"] == str(a)
+    assert meta["splits"]["val"]["input"]["path"] == str(b)
+    assert meta["splits"]["val"]["num_failed"] == 1 and meta["num_failed"] == 1  # bad.mp4
+    assert [v["mid"] for v in meta["labels"]] == ["x", "y"]
+    # B alone would make 'y' class 0; the folder's vocabulary makes it 1, as in train.
+    assert [r["labels"].tolist() for r in _read_split(out, "val")] == [[1]]
+    assert _label_names(out, "train") == {"a1": ["x"], "a2": ["y"]}
+    assert {k: v for k, v in _shard_bytes(out).items() if k.startswith("train")} == train_before
+    assert mtimes == {p.name: p.stat().st_mtime_ns for p in out.glob("train.*")}
+    assert _failures(out).keys() == {"bad"}
+
+    # Resume: rerunning either input converts nothing and keeps both splits; a lost shard of
+    # one split is redone without touching the other.
+    cfg = convert.ConvertConfig(num_frames=2)
+    meta = convert.convert(str(a), str(out), cfg, label_csv=str(a_labels), progress=False)
+    assert meta["_converted_now"] == 0 and sorted(meta["splits"]) == ["train", "val"]
+    val_shard = out / "val.array_record-00000-of-00001"
+    val_bytes = val_shard.read_bytes()
+    val_shard.unlink()
+    meta = convert.convert(str(b), str(out), cfg, "val", str(b_labels), progress=False)
+    assert meta["_converted_now"] == 2 and val_shard.read_bytes() == val_bytes
+    assert mtimes == {p.name: p.stat().st_mtime_ns for p in out.glob("train.*")}
+
+    # Refusals: new label names, another vocabulary, other inputs for a split, other settings.
+    with pytest.raises(SystemExit, match="Pass --vocabulary .* or convert all splits in one run"):
+        convert.convert(str(c), str(out), cfg, "extra", str(c_labels), progress=False)
+    assert not (out / ".convert" / "split-extra.json").exists()
+    vocab = tmp_path / "vocab.csv"
+    vocab.write_text("index,mid,display_name\n0,x,X\n1,y,Y\n2,z,Z\n")
+    with pytest.raises(SystemExit, match="another label vocabulary"):
+        convert.convert(str(c), str(out), cfg, "extra", str(c_labels), vocabulary_csv=str(vocab),
+                        progress=False)
+    with pytest.raises(SystemExit, match="split 'val' .* holds a different conversion"):
+        convert.convert(str(a), str(out), cfg, "val", str(a_labels), progress=False)
+    with pytest.raises(SystemExit, match="different conversion .*num_frames"):
+        convert.convert(str(c), str(out), convert.ConvertConfig(num_frames=4), "extra",
+                        str(c_labels), progress=False)
+    assert sorted(json.loads((out / "metadata.json").read_text())["splits"]) == ["train", "val"]
+
+    # With a fixed vocabulary from the start, a split may bring names the others lack.
+    out2 = tmp_path / "out2"
+    assert _run(a, out2, "--labels", a_labels, "--vocabulary", vocab) == 0
+    assert _run(c, out2, "--labels", c_labels, "--vocabulary", vocab, "--split", "extra") == 0
+    assert _label_names(out2, "extra") == {"c1": ["z"]}
+    assert _label_names(out2, "train") == {"a1": ["x"], "a2": ["y"]}
+    meta = json.loads((out2 / "metadata.json").read_text())
+    assert meta["num_classes"] == 3 and meta["num_records"] == 3
