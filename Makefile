@@ -4,8 +4,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo_out
-DEMO_CLIPS ?= 160
-DEMO_TEST_CLIPS ?= 32
 
 .PHONY: venv demo test bench lint clean
 
@@ -20,10 +18,8 @@ venv: $(VENV)/.installed
 # Synthetic clips -> ArrayRecord -> train the tiny Sync demo model on CPU -> retrieval on held-out
 # clips, printed beside chance. See README.md "What the demo shows".
 demo: venv
-	$(PY) -m data_prep.synthetic --output $(DEMO)/videos/train --num_clips $(DEMO_CLIPS) --seed 0
-	$(PY) -m data_prep.synthetic --output $(DEMO)/videos/test --num_clips $(DEMO_TEST_CLIPS) --seed 1
-	$(PY) -m data_prep.convert --input $(DEMO)/videos/train --labels $(DEMO)/videos/train/labels.csv --split train --output $(DEMO)/data --workers 2
-	$(PY) -m data_prep.convert --input $(DEMO)/videos/test --labels $(DEMO)/videos/test/labels.csv --split test --output $(DEMO)/data --workers 2
+	$(PY) -m data_prep.synthetic --output $(DEMO)/videos --num_clips 192 --seed 0 --workers 2
+	$(PY) -m data_prep.convert --input $(DEMO)/videos --labels $(DEMO)/videos/labels.csv --holdout 0.1667 --holdout_split test --output $(DEMO)/data --workers 2
 	$(PY) -m cavmae_jax.main --config=configs/demo.py --workdir=$(DEMO)/run --config.data.dir=$(DEMO)/data
 	$(PY) -m cavmae_jax.evaluate --config=configs/demo.py --workdir=$(DEMO)/run --config.data.dir=$(DEMO)/data --task=retrieval
 

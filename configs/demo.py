@@ -2,7 +2,10 @@
 
 `make demo` generates clips (data_prep.synthetic), converts them (data_prep.convert), trains this
 config and evaluates retrieval on held-out clips. Same code paths as the full recipes; only the
-sizes are small: ViT dim 96, 2+1 layers, 4.16 s windows x 16 frames, 2 registers.
+sizes are small: ViT dim 96, 2+1 layers, 4.16 s windows x 16 frames, 2 registers. Two choices
+differ from the official recipe to learn quickly from 160 clips: AdamW with warmup-cosine at a
+high learning rate, and a bidirectional contrastive loss with weight 0.1 (the official single
+direction learns A->V retrieval markedly slower here: 16% vs 44% R@1 after the same steps).
 """
 
 from configs import common
@@ -14,10 +17,12 @@ def get_config(arg: str = "") -> "common.ml_collections.ConfigDict":
         arch="sync", audio_length=416, embed_dim=96, num_heads=4, modality_specific_depth=2,
         joint_depth=1, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4,
         num_register_tokens=2, global_tokens=True, norm_pix_loss=True,
-        mask_ratio_a=0.75, mask_ratio_v=0.75, contrast_loss_weight=0.05)
-    c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, b1=0.9, b2=0.95, warmup_steps=40,
+        mask_ratio_a=0.75, mask_ratio_v=0.75, contrast_loss_weight=0.1,
+        contrastive_direction="both")
+    c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, b1=0.9, b2=0.95, warmup_steps=50,
                    end_lr=1e-5, grad_clip_norm=1.0)
-    c.train.update(global_batch_size=32, num_epochs=40, log_every=20, checkpoint_every=200)
+    # 160 training clips / 32 = 5 steps per epoch: 500 steps, ~6 minutes on 2 cores.
+    c.train.update(global_batch_size=32, num_epochs=100, log_every=20, checkpoint_every=100)
     c.data.augment.crop_and_flip = False
     c.eval.batch_size = 16
     if arg == "test":  # the shrunken demo the tests run: a few steps, same code paths
