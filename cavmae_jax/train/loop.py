@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -112,8 +113,10 @@ class Run:
     metadata: dict
 
 
-def build_run(config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> Run:
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+def build_run(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
+              devices: Sequence[jax.Device] | None = None) -> Run:
+    """Model, mesh (over `devices`, default all), optimizer and sharded abstract state."""
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     if config.train.negatives == "local":  # each device's sub-batch = its own negatives
         model_cfg = model_cfg.replace(negative_groups=mesh.devices.size)
     metadata = pipeline.load_metadata(config.data.dir)
@@ -198,10 +201,11 @@ def train(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
                 check_finite(metrics, step)
                 last = writer.write(step, metrics, num_examples=examples)
                 examples = 0
-            ckpt.save(step, state, data_iter)
+            saved = ckpt.save(step, state, data_iter)
             if ckpt.should_stop(step):
                 log.warning("stop requested (SIGTERM/preemption): checkpointing step %d", step)
-                ckpt.save(step, state, data_iter, force=True)
+                if not saved:  # a second save of the same step raises in Orbax
+                    ckpt.save(step, state, data_iter, force=True)
                 break
         else:
             if ckpt.latest_step() != run.total_steps:
