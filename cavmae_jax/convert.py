@@ -27,9 +27,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from cavmae_jax.models.cavmae import CAVMAE, init_params
+from cavmae_jax.models import init_model_params
+from cavmae_jax.models.cavmae import CAVMAE
 from cavmae_jax.models.config import from_official_kwargs
-from cavmae_jax.models.heads import CAVMAEClassifier, init_classifier_params
+from cavmae_jax.models.heads import CAVMAEClassifier
 
 log = logging.getLogger(__name__)
 
@@ -165,17 +166,7 @@ def build_model(arch: str, **official_kwargs: Any) -> CAVMAE:
 
 def abstract_params(model: CAVMAE) -> dict:
     """Shapes/dtypes of `model`'s params, without computing them."""
-    init = init_classifier_params if isinstance(model, CAVMAEClassifier) else None
-    rng = jax.random.key(0)
-    if init is not None:
-        return jax.eval_shape(lambda r: init(model, r), rng)
-    return jax.eval_shape(lambda r: init_params(model.config, r), rng)
-
-
-def fresh_params(model: CAVMAE, rng: jax.Array) -> dict:
-    if isinstance(model, CAVMAEClassifier):
-        return init_classifier_params(model, rng)
-    return init_params(model.config, rng)
+    return jax.eval_shape(lambda r: init_model_params(model, r), jax.random.key(0))
 
 
 def convert_state_dict(state_dict: Mapping[str, Any], model: CAVMAE,
@@ -246,7 +237,7 @@ def load_torch_model(state_dict: Mapping[str, Any], *, arch: str, strict: bool =
     A shape mismatch always raises.
     """
     model = build_model(arch, **official_kwargs)
-    fill = None if strict else fresh_params(model, jax.random.key(0))
+    fill = None if strict else init_model_params(model, jax.random.key(0))
     params, report = convert_state_dict(state_dict, model, fill)
     if strict and (report.missing or report.unexpected):
         raise ConversionError("checkpoint does not match the model:\n" + report.summary())

@@ -7,6 +7,7 @@ import pytest
 from parity_utils import assert_close, group, load_case, nchw_to_nhwc
 
 from cavmae_jax import convert, losses
+from cavmae_jax.models import init_model_params
 from cavmae_jax.models.heads import MODES, CAVMAEClassifier
 
 OUT_TOL, GRAD_TOL = 1e-5, 5e-5
@@ -60,7 +61,7 @@ def test_loading_a_pretraining_checkpoint_reports_the_official_key_lists(parity_
     _, arrays = load_case("cavmae_tiny")
     pretrain_sd = {"module." + k: v for k, v in group(arrays, "param").items()}
     model = convert.build_model("cavmae_ft", **meta["constructor_kwargs"])
-    fresh = convert.fresh_params(model, jax.random.key(0))
+    fresh = init_model_params(model, jax.random.key(0))
     params, report = convert.convert_state_dict(pretrain_sd, model, fill=fresh)
     assert sorted(report.missing) == sorted(meta["from_pretrain_missing_keys"])
     assert sorted(report.unexpected) == sorted(meta["from_pretrain_unexpected_keys"])
