@@ -137,14 +137,31 @@ def test_process_shards_disjoint_and_covering(data_dir, count):
         it = _train(data_dir, global_batch_size=count, process_index=p, process_count=count,
                     num_epochs=2)
         per_process.append([(int(b["clip_index"][0]), int(b["frame_k"][0])) for b in it])
-    # Position j of process p is global position p + j * P.
+    # Process p holds row p of every global batch of P: position j is global position p + j * P.
+    # Every process yields the same number of batches; the incomplete last global batch is
+    # dropped, as a single process with the same global batch size would.
+    assert len({len(vs) for vs in per_process}) == 1
     merged = {p + j * count: v for p, vs in enumerate(per_process) for j, v in enumerate(vs)}
-    assert sorted(merged) == list(range(2 * NUM_TRAIN))
-    assert [merged[i] for i in range(2 * NUM_TRAIN)] == single
+    covered = 2 * NUM_TRAIN // count * count
+    assert sorted(merged) == list(range(covered))
+    assert [merged[i] for i in range(covered)] == single[:covered]
     first_epoch = [{merged[i][0] for i in range(NUM_TRAIN) if i % count == p}
                    for p in range(count)]
     assert set().union(*first_epoch) == set(range(NUM_TRAIN))
     assert sum(map(len, first_epoch)) == NUM_TRAIN  # disjoint
+
+
+def test_process_batches_concatenate_to_the_single_process_batch(data_dir):
+    """make_array_from_process_local_data stacks process p's rows as block p: the stacked
+    per-process batches must equal the single-process global batch, row for row."""
+    single = _train(data_dir, global_batch_size=4, num_epochs=2)
+    procs = [_train(data_dir, global_batch_size=4, process_index=p, process_count=2,
+                    num_epochs=2) for p in range(2)]
+    for ref in single:
+        parts = [next(it) for it in procs]
+        assert all(len(p["clip_index"]) == 2 for p in parts)
+        for key in ("clip_index", "frame_k", "audio"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), ref[key])
 
 
 def test_augmented_train_batches(data_dir, recs):

@@ -10,11 +10,12 @@ Three modes, as in the official Sync loader (spec §1.6):
 - retrieval: all N (window_k, frame_k) pairs of each clip, in order: `audio` [N, L, 128],
   `video` [N, 224, 224, 3] per clip (or batches of clips).
 
-Sharding across processes: the per-epoch order is global and process p takes positions
-p, p + P, ... of it, so the shards are disjoint and cover each epoch. Randomness never depends on
-the process layout: each visit of a clip gets `np.random.default_rng([seed, epoch, clip])`,
-which picks k and draws every augmentation, so a restored iterator (its state is one integer)
-continues with exactly the same batches.
+Sharding across processes: the per-epoch order is global and process p takes rows
+[p*b, (p+1)*b) of every global batch of b*P, so the shards are disjoint and cover each epoch,
+and the global batch assembled from the processes equals the single-process one. Randomness
+never depends on the process layout: each visit of a clip gets
+`np.random.default_rng([seed, epoch, clip])`, which picks k and draws every augmentation, so a
+restored iterator (its state is one integer) continues with exactly the same batches.
 
 Typical use in a train loop:
 
@@ -404,6 +405,41 @@ def _finish(ds: grain.MapDataset, config: PipelineConfig) -> grain.IterDataset:
     return it
 
 
+class _ProcessRows(grain.MapDataset):
+    """Process p's rows of every global batch: rows [p*b, (p+1)*b) of each block of b*P.
+
+    `jax.make_array_from_process_local_data` places process p's local batch as the p-th
+    contiguous block of the global batch, so taking these rows makes the global batch identical
+    to the single-process one, whatever the process count.
+    """
+
+    _MUTATES_ELEMENT_SPEC = False
+
+    def __init__(self, parent: grain.MapDataset, process_index: int, process_count: int,
+                 batch: int):
+        super().__init__(parent)
+        self._p, self._count, self._b = process_index, process_count, batch
+        self._length = len(parent) // (batch * process_count) * batch
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _parent_index(self, index: int) -> int:
+        block, row = divmod(index, self._b)
+        return (block * self._count + self._p) * self._b + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._parent_index(index)]
+
+    def _getitems(self, indices):
+        return self._parent._getitems([self._parent_index(i) for i in indices])
+
+    def __str__(self) -> str:
+        return f"ProcessRows(p={self._p}, P={self._count}, b={self._b})"
+
+
 def _padded_positions(num_records: int, process_index: int, process_count: int, unit: int,
                       pad: bool) -> grain.MapDataset:
     """This process's positions p, p + P, ...; padded to a multiple of P * unit when `pad`."""
@@ -425,7 +461,7 @@ def train_dataset(data_dir: str | os.PathLike, split: str = "train", *, global_b
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     reader, n = _reader(data_dir, split, cfg)
     ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(num_epochs)  # new order per epoch
-    ds = ds.map_with_index(TrainVisit(n))[p::count]
+    ds = _ProcessRows(ds.map_with_index(TrainVisit(n)), p, count, batch)
     ds = ds.map(TrainExample(reader, seed)).batch(batch, drop_remainder=True)
     return _finish(ds, cfg)
 

@@ -10,6 +10,7 @@ the whole pool. With `config.eval.middle_frame_only` (the CAV-MAE protocol) one 
 clip is used. Classification averages per-frame probabilities over all N frames (official).
 """
 
+import functools
 import json
 import logging
 import pathlib
@@ -65,6 +66,12 @@ def _embed_fn(model: CAVMAE, task: str, mode: str):
     return jax.jit(embed)
 
 
+def _gather_per_clip(x: jax.Array, pairs: int) -> np.ndarray:
+    """All processes' rows of a global [c * K, ...] output, as host [c, K, ...]."""
+    x = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return x.reshape(-1, pairs, *x.shape[1:])
+
+
 def collect(config: ml_collections.ConfigDict, run: loop.Run, params: Any,
             task: str) -> dict[str, np.ndarray]:
     """Runs every pair of every clip through the model; returns per-clip arrays in clip order."""
@@ -89,9 +96,7 @@ def collect(config: ml_collections.ConfigDict, run: loop.Run, params: Any,
                              f"over {jax.local_device_count()} local devices")
         inputs = parallel.host_batch_to_global({"audio": audio, "video": video}, run.mesh)
         out = embed(params, inputs["audio"], inputs["video"])
-        out = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
-                           out)
-        out = jax.tree.map(lambda x: x.reshape(-1, len(k), *x.shape[1:]), out)  # [c', K, ...]
+        out = jax.tree.map(functools.partial(_gather_per_clip, pairs=len(k)), out)
         gather = lambda x: np.asarray(multihost_utils.process_allgather(np.asarray(x)))
         outputs["out"].append(out)
         clip_index = gather(batch["clip_index"]).reshape(-1)

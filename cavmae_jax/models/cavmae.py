@@ -304,13 +304,16 @@ class CAVMAE(nn.Module):
 
 
 def init_params(config: ModelConfig, rng: jax.Array, batch_size: int = 1) -> dict:
-    """Fresh parameters (official init) for `config`, created on the host."""
-    model = CAVMAE(config)
+    """Fresh parameters (official init) for `config`, created in one jitted call."""
+    # Params do not depend on negative_groups, and a batch of 1 cannot be split into groups.
+    model = CAVMAE(config.replace(negative_groups=1))
     audio = jnp.zeros((batch_size, config.audio_length, config.num_mel_bins), jnp.float32)
     video = jnp.zeros((batch_size, config.img_size, config.img_size, config.in_chans), jnp.float32)
     noise_a = jnp.zeros((batch_size, config.num_patches_a), jnp.float32)
     noise_v = jnp.zeros((batch_size, config.num_patches_v), jnp.float32)
-    return model.init(rng, audio, video, noise_a, noise_v, method=CAVMAE.pretrain)["params"]
+    init = jax.jit(lambda r: model.init(r, audio, video, noise_a, noise_v,
+                                        method=CAVMAE.pretrain)["params"])
+    return init(rng)
 
 
 def frozen_param_names(config: ModelConfig) -> tuple[str, ...]:

@@ -95,7 +95,9 @@ def init_classifier_params(model: CAVMAEClassifier, rng: jax.Array, batch_size: 
     c = model.config
     audio = jnp.zeros((batch_size, c.audio_length, c.num_mel_bins), jnp.float32)
     video = jnp.zeros((batch_size, c.img_size, c.img_size, c.in_chans), jnp.float32)
-    return model.init(rng, audio, video, "multimodal", method=CAVMAEClassifier.classify)["params"]
+    init = jax.jit(lambda r: model.init(r, audio, video, "multimodal",
+                                        method=CAVMAEClassifier.classify)["params"])
+    return init(rng)
 
 
 __all__ = ["CAVMAEClassifier", "MODES", "init_classifier_params"]

@@ -19,9 +19,10 @@ import numpy as np
 
 from cavmae_jax import parallel
 from cavmae_jax.data import pipeline
-from cavmae_jax.models.cavmae import CAVMAE, frozen_param_names, init_params
+from cavmae_jax.models import init_model_params
+from cavmae_jax.models.cavmae import CAVMAE, frozen_param_names
 from cavmae_jax.models.config import ModelConfig
-from cavmae_jax.models.heads import CAVMAEClassifier, init_classifier_params
+from cavmae_jax.models.heads import CAVMAEClassifier
 from cavmae_jax.train import checkpoint, optim
 from cavmae_jax.train import state as state_lib
 from cavmae_jax.train import step as step_lib
@@ -53,12 +54,6 @@ def build_model(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
         raise ValueError("finetuning needs labels: set config.finetune.label_dim or convert the "
                          "data with --labels")
     return CAVMAEClassifier(model_cfg, label_dim=label_dim, pooling=config.finetune.pooling)
-
-
-def fresh_params(model: CAVMAE, rng: jax.Array) -> Any:
-    if isinstance(model, CAVMAEClassifier):
-        return init_classifier_params(model, rng)
-    return init_params(model.config, rng)
 
 
 def build_optimizer(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
@@ -128,7 +123,7 @@ def build_run(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
     tx, schedule = build_optimizer(config, model.config, steps_per_epoch, total_steps)
 
     def init_state():
-        return state_lib.create(fresh_params(model, jax.random.PRNGKey(config.train.seed)), tx,
+        return state_lib.create(init_model_params(model, jax.random.PRNGKey(config.train.seed)), tx,
                                 config.train.seed)
 
     abstract = jax.eval_shape(init_state)
@@ -144,7 +139,8 @@ def init_state(config: ml_collections.ConfigDict, run: Run) -> state_lib.TrainSt
     seed = config.train.seed
 
     def init():
-        return state_lib.create(fresh_params(run.model, jax.random.PRNGKey(seed)), run.tx, seed)
+        params = init_model_params(run.model, jax.random.PRNGKey(seed))
+        return state_lib.create(params, run.tx, seed)
 
     state = jax.jit(init, out_shardings=run.state_shardings)()
     if config.train.init_from:
