@@ -275,7 +275,15 @@ class Runs:
                    "--config.finetune.loss=ce", "--config.train.num_steps=40",
                    "--config.train.global_batch_size=16", "--config.train.log_every=1",
                    "--config.train.checkpoint_every=1000", "--config.optim.warmup_steps=3",
-                   "--config.optim.head_lr_mult=10", devices=1).wait()
+                   "--config.optim.head_lr_mult=10", "--config.finetune.wa_start=36",
+                   "--config.finetune.wa_end=40", devices=1).wait()
+        # Classification eval (frame-averaged softmax) of the weight-averaged params.
+        self.start(workdir, "--config=configs/demo.py:test", f"--workdir={workdir}",
+                   f"--config.data.dir={self.data}", "--config.task=finetune",
+                   "--config.finetune.loss=ce", "--config.data.eval_split=train",
+                   "--config.eval.batch_size=2", "--task=classification",
+                   f"--checkpoint={workdir / 'params_averaged'}", devices=1,
+                   module="cavmae_jax.evaluate", log_name="finetune_eval").wait()
         return workdir
 
     def _job_dist(self) -> tuple[pathlib.Path, list[Proc]]:
@@ -391,6 +399,7 @@ TEST_JOBS = {
     "test_two_process_distributed_run": ("ref", "dist"),
     "test_two_process_losses_match_one_process": ("ref", "dist"),
     "test_finetuning_on_synthetic_labels_beats_chance": ("finetune",),
+    "test_finetuning_weight_average_and_classification_eval": ("finetune",),
     "test_official_checkpoint_initialises_finetuning": ("parity",),
 }
 
@@ -540,6 +549,20 @@ def test_finetuning_on_synthetic_labels_beats_chance(runs):
     loss = np.mean([r["loss"] for r in last])
     assert top1 >= 2.5 * chance, f"train top-1 {top1:.3f} vs chance {chance:.3f}"
     assert loss < 0.8 * math.log(meta["num_classes"]), f"CE {loss:.3f}, uniform {math.log(8)}"
+
+
+def test_finetuning_weight_average_and_classification_eval(runs):
+    """Epochs 36-40 (one step each) are averaged into W/params_averaged, and evaluating it
+    with frame-averaged predictions beats chance on the clips it was finetuned on."""
+    from cavmae_jax.train import checkpoint
+
+    workdir = runs.result("finetune")
+    params, meta = checkpoint.load_params(workdir / "params_averaged")
+    assert meta["averaged_epochs"] == 5 and (meta["wa_start"], meta["wa_end"]) == (36, 40)
+    assert "mlp_head_1" in params
+    report = json.loads((workdir / "eval" / "classification.json").read_text())
+    assert report["num_clips"] == 16 and report["frames_averaged"] == 16
+    assert report["top1"] >= 2.5 / 8, report
 
 
 def test_official_checkpoint_initialises_finetuning(runs):

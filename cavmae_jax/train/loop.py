@@ -15,7 +15,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from cavmae_jax import parallel
 from cavmae_jax.data import pipeline
@@ -93,6 +92,11 @@ def merge_init(fresh: Any, loaded: Any) -> Any:
     return jax.tree.unflatten(treedef, out)
 
 
+def weight_averaging(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run keeps the official average of end-of-epoch params (finetuning)."""
+    return config.finetune.wa_end > 0
+
+
 @dataclasses.dataclass
 class Run:
     """Everything the loop (and evaluation) builds from a config."""
@@ -123,8 +127,8 @@ def build_run(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
     tx, schedule = build_optimizer(config, model.config, steps_per_epoch, total_steps)
 
     def init_state():
-        return state_lib.create(init_model_params(model, jax.random.PRNGKey(config.train.seed)), tx,
-                                config.train.seed)
+        params = init_model_params(model, jax.random.PRNGKey(config.train.seed))
+        return state_lib.create(params, tx, config.train.seed, weight_averaging(config))
 
     abstract = jax.eval_shape(init_state)
     shardings = parallel.tree_shardings(abstract, mesh)
@@ -140,7 +144,7 @@ def init_state(config: ml_collections.ConfigDict, run: Run) -> state_lib.TrainSt
 
     def init():
         params = init_model_params(run.model, jax.random.PRNGKey(seed))
-        return state_lib.create(params, run.tx, seed)
+        return state_lib.create(params, run.tx, seed, weight_averaging(config))
 
     state = jax.jit(init, out_shardings=run.state_shardings)()
     if config.train.init_from:
@@ -148,7 +152,7 @@ def init_state(config: ml_collections.ConfigDict, run: Run) -> state_lib.TrainSt
         log.info("init_from %s (%s)", config.train.init_from, meta.get("source", "ours"))
         params = merge_init(jax.device_get(state.params), loaded)
         params = jax.device_put(params, run.state_shardings.params)
-        state = jax.jit(lambda p: state_lib.create(p, run.tx, seed),
+        state = jax.jit(lambda p: state_lib.create(p, run.tx, seed, weight_averaging(config)),
                         out_shardings=run.state_shardings)(params)
     return state
 
@@ -180,6 +184,9 @@ def train(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
         in_shardings=(run.state_shardings, batch_sharding),
         out_shardings=(run.state_shardings, None), donate_argnums=0)
 
+    average = jax.jit(state_lib.add_to_average, in_shardings=(run.state_shardings,),
+                      out_shardings=run.state_shardings, donate_argnums=0)
+    wa_start, wa_end = config.finetune.wa_start, config.finetune.wa_end
     writer = MetricWriter(workdir, run.total_steps)
     writer.write_config(config)
     ckpt.install_sigterm_handler()
@@ -197,15 +204,21 @@ def train(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
                 check_finite(metrics, step)
                 last = writer.write(step, metrics, num_examples=examples)
                 examples = 0
+            epoch, end_of_epoch = divmod(step, run.steps_per_epoch)
+            if (weight_averaging(config) and not end_of_epoch
+                    and optim.in_wa_window(epoch, wa_start, wa_end)):
+                state = average(state)  # before the checkpoint, so a resume keeps it
             saved = ckpt.save(step, state, data_iter)
             if ckpt.should_stop(step):
                 log.warning("stop requested (SIGTERM/preemption): checkpointing step %d", step)
                 if not saved:  # a second save of the same step raises in Orbax
                     ckpt.save(step, state, data_iter, force=True)
                 break
-        else:
+        else:  # the run is complete
             if ckpt.latest_step() != run.total_steps:
                 ckpt.save(run.total_steps, state, data_iter, force=True)
+            if weight_averaging(config):
+                save_average(state, workdir, wa_start, wa_end)
     finally:
         ckpt.wait()
         ckpt.close()
@@ -214,5 +227,15 @@ def train(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
     return last
 
 
-def host_array(x: Any) -> np.ndarray:
-    return np.asarray(jax.device_get(x))
+def save_average(state: state_lib.TrainState, workdir: pathlib.Path, wa_start: int,
+                 wa_end: int) -> None:
+    """Writes the weight-averaged params to W/params_averaged (evaluate with --checkpoint)."""
+    count = int(state.avg_count)
+    if not count:
+        log.warning("weight averaging: no epoch in [%d, %d] was reached; nothing written",
+                    wa_start, wa_end)
+        return
+    checkpoint.save_params(workdir / "params_averaged", state.avg_params,
+                           {"source": str(workdir), "averaged_epochs": count,
+                            "wa_start": wa_start, "wa_end": wa_end}, overwrite=True)
+    log.info("wrote the average of %d epochs' params to %s", count, workdir / "params_averaged")
