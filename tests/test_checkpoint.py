@@ -147,6 +147,21 @@ def test_save_interval_force_and_max_to_keep(tmp_path):
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["8", "9"]
 
 
+def test_relative_workdir(tmp_path, monkeypatch):
+    """`--workdir=runs/x` is relative; Orbax wants absolute paths (found by the demo)."""
+    monkeypatch.chdir(tmp_path)
+    state = {"w": jnp.arange(4.0), "b": jnp.ones((2, 3))}
+    with checkpoint.Checkpointer("runs/ckpt", save_interval_steps=1) as ckpt:
+        assert ckpt.save(1, state)
+        ckpt.wait()
+        restored, step = ckpt.restore_latest(jax.tree.map(np.asarray, state))
+    assert step == 1
+    np.testing.assert_array_equal(restored["b"], np.ones((2, 3)))
+    checkpoint.save_params("runs/params", state, {"k": 1})
+    params, meta = checkpoint.load_params("runs/params")
+    assert meta == {"k": 1} and (tmp_path / "runs" / "ckpt" / "1").is_dir()
+
+
 def test_sigterm_sets_stop_flag(tmp_path):
     previous = signal.getsignal(signal.SIGTERM)
     ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")

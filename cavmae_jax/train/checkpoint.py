@@ -47,6 +47,13 @@ _PARAMS = "params"
 _METADATA = "metadata"
 
 
+def _absolute(path: str | os.PathLike) -> epath.Path:
+    """Orbax needs absolute paths: make local ones absolute, keep URLs (gs://...) as they are."""
+    if "://" in str(path):
+        return epath.Path(path)
+    return epath.Path(path).absolute()
+
+
 class Checkpointer:
     """Periodic, async, preemption-aware checkpoints of (train state, Grain iterator)."""
 
@@ -69,7 +76,7 @@ class Checkpointer:
         """
         if save_interval_steps < 1:
             raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}.")
-        self.directory = epath.Path(workdir)
+        self.directory = _absolute(workdir)
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(save_interval_steps),
             preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
@@ -218,7 +225,7 @@ def save_params(
     Use it for converted official checkpoints and finetuning inits; `metadata` can record the
     source file, architecture kwargs and the conversion key report.
     """
-    path = epath.Path(directory).absolute()
+    path = _absolute(directory)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(
             path,
@@ -241,7 +248,7 @@ def load_params(
     devices); with a tree of `jax.ShapeDtypeStruct(..., sharding=...)` they are placed and cast
     to match it (and a shape mismatch raises).
     """
-    path = epath.Path(directory).absolute()
+    path = _absolute(directory)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         restored = ckptr.restore(
             path,
