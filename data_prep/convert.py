@@ -604,12 +604,9 @@ def convert(input_path: str, output_dir: str, cfg: ConvertConfig, split: str = "
     return meta
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m data_prep.convert",
-                                 description=__doc__.split("\n\n")[0])
+def add_input_args(ap: argparse.ArgumentParser) -> None:
+    """The flags that say what to read and how to split it (shared with the TFDS builder)."""
     ap.add_argument("--input", required=True, help="folder of videos, datafile .json or .csv")
-    ap.add_argument("--output", required=True,
-                    help="output folder; may already hold other splits (they are kept)")
     ap.add_argument("--labels", default=None, metavar="CSV",
                     help="label file, told apart by its header: the vocabulary "
                          "class_labels_indices.csv (index,mid,display_name), or, for a folder "
@@ -620,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--vocabulary", default=None, metavar="CSV",
                     help="class_labels_indices.csv fixing the label indices (with a per-clip "
                          "--labels file, a datafile or a pairs CSV); needed to add a split "
-                         "with new label names to an existing --output")
+                         "with new label names to an existing output")
     ap.add_argument("--label_dirs", action="store_true",
                     help="folder input: label = first sub-folder name")
     ap.add_argument("--split", default="train", help="split name for inputs that name none")
@@ -629,28 +626,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "--holdout_split (those with the smallest SHA-256 of the clip id: "
                          "deterministic, independent of order and workers)")
     ap.add_argument("--holdout_split", default="test", help="split name of the held-out clips")
-    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    ap.add_argument("--num_frames", type=int, default=16)
-    ap.add_argument("--window_length", type=int, default=416)
-    ap.add_argument("--target_length", type=int, default=1024)
-    ap.add_argument("--clip_seconds", type=float, default=10.0)
-    ap.add_argument("--image_size", type=int, default=video.IMAGE_SIZE)
-    ap.add_argument("--jpeg_quality", type=int, default=video.JPEG_QUALITY)
-    ap.add_argument("--mix", choices=("first", "mean"), default="first")
+
+
+def add_clip_args(ap: argparse.ArgumentParser) -> None:
+    """The flags that change the records' content (ConvertConfig)."""
+    d = ConvertConfig()
+    ap.add_argument("--num_frames", type=int, default=d.num_frames)
+    ap.add_argument("--window_length", type=int, default=d.window_length)
+    ap.add_argument("--target_length", type=int, default=d.target_length)
+    ap.add_argument("--clip_seconds", type=float, default=d.clip_seconds)
+    ap.add_argument("--image_size", type=int, default=d.image_size)
+    ap.add_argument("--jpeg_quality", type=int, default=d.jpeg_quality)
+    ap.add_argument("--mix", choices=("first", "mean"), default=d.mix)
     ap.add_argument("--split_long", action="store_true",
                     help="cut inputs longer than clip_seconds into several records")
-    ap.add_argument("--shard_size", type=int, default=1024, help="inputs per shard")
-    ap.add_argument("--strict", action="store_true", help="exit 1 if any input failed")
-    ap.add_argument("--no_progress", action="store_true")
-    a = ap.parse_args(argv)
+
+
+def config_from_args(ap: argparse.ArgumentParser, a: argparse.Namespace) -> ConvertConfig:
+    """ConvertConfig from `add_clip_args` flags; checks them and the split flags."""
     cfg = ConvertConfig(num_frames=a.num_frames, window_length=a.window_length,
                         target_length=a.target_length, clip_seconds=a.clip_seconds,
                         image_size=a.image_size, jpeg_quality=a.jpeg_quality, mix=a.mix,
                         split_long=a.split_long)
     if not 0 < cfg.window_length <= cfg.target_length:
         ap.error("--window_length must be in (0, --target_length]")
-    if cfg.num_frames <= 0 or a.shard_size <= 0:
-        ap.error("--num_frames and --shard_size must be positive")
+    if cfg.num_frames <= 0:
+        ap.error("--num_frames must be positive")
     for flag, name in (("--split", a.split), ("--holdout_split", a.holdout_split)):
         if not valid_split_name(name):
             ap.error(f"{flag} {name!r}: use letters, digits, '_' and '-'")
@@ -658,6 +659,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--holdout must be in [0, 1)")
     if a.holdout and a.holdout_split == a.split:
         ap.error("--holdout_split must differ from --split")
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m data_prep.convert",
+                                 description=__doc__.split("\n\n")[0])
+    add_input_args(ap)
+    ap.add_argument("--output", required=True,
+                    help="output folder; may already hold other splits (they are kept)")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    add_clip_args(ap)
+    ap.add_argument("--shard_size", type=int, default=1024, help="inputs per shard")
+    ap.add_argument("--strict", action="store_true", help="exit 1 if any input failed")
+    ap.add_argument("--no_progress", action="store_true")
+    a = ap.parse_args(argv)
+    cfg = config_from_args(ap, a)
+    if a.shard_size <= 0:
+        ap.error("--shard_size must be positive")
     meta = convert(a.input, a.output, cfg, a.split, a.labels, a.label_dirs, a.shard_size,
                    a.workers, progress=not a.no_progress, vocabulary_csv=a.vocabulary,
                    holdout=a.holdout, holdout_split=a.holdout_split)

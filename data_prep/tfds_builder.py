@@ -402,21 +402,9 @@ def build(source: Source, data_dir: str, cfg: convert.ConvertConfig, name: str |
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data_prep.tfds_builder",
                                  description=__doc__.split("\n\n")[0])
-    ap.add_argument("--input", required=True, help="folder of videos, datafile .json or .csv")
+    convert.add_input_args(ap)
     ap.add_argument("--data_dir", required=True,
                     help="TFDS data_dir; on a cluster runner, storage every worker can write")
-    ap.add_argument("--labels", default=None, metavar="CSV",
-                    help="as in data_prep.convert: the vocabulary class_labels_indices.csv, or "
-                         "for a folder input a per-clip file (id or path, labels[, split])")
-    ap.add_argument("--vocabulary", default=None, metavar="CSV",
-                    help="class_labels_indices.csv fixing the label indices")
-    ap.add_argument("--label_dirs", action="store_true",
-                    help="folder input: label = first sub-folder name")
-    ap.add_argument("--split", default="train", help="split name for inputs that name none")
-    ap.add_argument("--holdout", type=float, default=0.0, metavar="FRACTION",
-                    help="move this fraction of the clips without a split to --holdout_split "
-                         "(as in data_prep.convert)")
-    ap.add_argument("--holdout_split", default="test", help="split name of the held-out clips")
     ap.add_argument("--name", default=None,
                     help="config name: the dataset goes to DATA_DIR/cavmae_records/NAME/1.0.0")
     ap.add_argument("--beam_runner", default=None,
@@ -428,32 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "picks by size when unset)")
     ap.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
     ap.add_argument("--strict", action="store_true", help="exit 1 if any input failed")
-    defaults = convert.ConvertConfig()
-    ap.add_argument("--num_frames", type=int, default=defaults.num_frames)
-    ap.add_argument("--window_length", type=int, default=defaults.window_length)
-    ap.add_argument("--target_length", type=int, default=defaults.target_length)
-    ap.add_argument("--clip_seconds", type=float, default=defaults.clip_seconds)
-    ap.add_argument("--image_size", type=int, default=defaults.image_size)
-    ap.add_argument("--jpeg_quality", type=int, default=defaults.jpeg_quality)
-    ap.add_argument("--mix", choices=("first", "mean"), default=defaults.mix)
-    ap.add_argument("--split_long", action="store_true",
-                    help="cut inputs longer than clip_seconds into several records")
+    convert.add_clip_args(ap)
     a = ap.parse_args(argv)
-    cfg = convert.ConvertConfig(num_frames=a.num_frames, window_length=a.window_length,
-                                target_length=a.target_length, clip_seconds=a.clip_seconds,
-                                image_size=a.image_size, jpeg_quality=a.jpeg_quality, mix=a.mix,
-                                split_long=a.split_long)
-    if not 0 < cfg.window_length <= cfg.target_length:
-        ap.error("--window_length must be in (0, --target_length]")
-    if cfg.num_frames <= 0:
-        ap.error("--num_frames must be positive")
-    for flag, split in (("--split", a.split), ("--holdout_split", a.holdout_split)):
-        if not convert.valid_split_name(split):
-            ap.error(f"{flag} {split!r}: use letters, digits, '_' and '-'")
-    if not 0.0 <= a.holdout < 1.0:
-        ap.error("--holdout must be in [0, 1)")
-    if a.holdout and a.holdout_split == a.split:
-        ap.error("--holdout_split must differ from --split")
+    cfg = convert.config_from_args(ap, a)
     beam_options = shlex.split(a.beam_options) if a.beam_options is not None else None
     try:
         source = Source(a.input, a.labels, a.label_dirs, a.split, a.vocabulary, a.holdout,
