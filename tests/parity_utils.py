@@ -1,6 +1,7 @@
 """Loading the official parity fixtures and comparing arrays the way the issue specifies."""
 
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -30,6 +31,8 @@ def scale_rel_err(ours, ref) -> float:
 
 def assert_close(ours, ref, tol: float, name: str):
     err = scale_rel_err(ours, ref)
+    if os.environ.get("PARITY_REPORT"):
+        print(f"parity {name}: {err:.3g} (tol {tol:g})")
     assert err <= tol, f"{name}: scale-relative error {err:.3g} > {tol:g}"
 
 
