@@ -4,6 +4,7 @@ import csv
 import pathlib
 
 import grain
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -77,10 +78,15 @@ def _assert_batches_equal(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_normalize_frames_is_exactly_normalize_image():
+def test_normalize_image_on_device_equals_host():
+    """The step normalizes the pipeline's uint8 (or float pixel) frames inside jit."""
     frames = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(pipeline.normalize_frames(frames),
-                                  video.normalize_image(frames))
+    want = video.normalize_image(frames)
+    assert want.dtype == np.float32
+    for x in (frames, frames.astype(np.float32)):
+        got = jax.jit(video.normalize_image)(jnp.asarray(x))
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-6)
 
 
 def test_records_carry_the_official_window_table(recs):
@@ -95,7 +101,7 @@ def test_train_batch_matches_records(data_dir, recs):
     for _ in range(3):
         b = next(it)
         assert b["audio"].shape == (4, 416, 128) and b["audio"].dtype == np.float32
-        assert b["video"].shape == (4, 224, 224, 3) and b["video"].dtype == np.float32
+        assert b["video"].shape == (4, 224, 224, 3) and b["video"].dtype == np.uint8
         assert b["labels"].shape == (4, 4) and b["labels"].dtype == np.float32
         assert b["frame_k"].dtype == np.int32 and b["clip_index"].dtype == np.int64
         for i in range(4):
@@ -103,7 +109,7 @@ def test_train_batch_matches_records(data_dir, recs):
             assert 0 <= k < N
             # The window of the record's table for this k, normalized with the official stats.
             np.testing.assert_allclose(b["audio"][i], _window(rec, k), rtol=0, atol=1e-5)
-            np.testing.assert_array_equal(b["video"][i], video.normalize_image(rec["frames"][k]))
+            np.testing.assert_array_equal(b["video"][i], rec["frames"][k])  # pixels
             np.testing.assert_array_equal(b["labels"][i], records.multi_hot(rec["labels"], 4))
     assert recs["train"][0]["labels"].size == 2  # the multi-label clip
 
@@ -167,7 +173,9 @@ def test_process_batches_concatenate_to_the_single_process_batch(data_dir):
 def test_augmented_train_batches(data_dir, recs):
     b = next(_train(data_dir, global_batch_size=7, augment=AUGMENT))
     assert b["audio"].shape == (7, 416, 128) and np.isfinite(b["audio"]).all()
-    assert b["video"].shape == (7, 224, 224, 3)
+    # Mixup on: float32 pixels for the whole batch (a mixed image is not an integer one).
+    assert b["video"].shape == (7, 224, 224, 3) and b["video"].dtype == np.float32
+    assert 0 <= b["video"].min() and b["video"].max() <= 255
     # Labels (spec §3, ls = 0.1, K = 4): unmixed = positives 0.9, others 0.025; mixed =
     # 0.025 + lam * 0.9 * y1 + (1 - lam) * 0.9 * y2, so the clip's own positives exceed 0.025.
     mixed = 0
@@ -228,8 +236,7 @@ def test_eval_uses_middle_frame_and_pads(data_dir, recs):
             rec = recs["eval"][b["clip_index"][i]]
             np.testing.assert_array_equal(rec["windows"][N // 2], [304, 720])
             np.testing.assert_allclose(b["audio"][i], _window(rec, N // 2), atol=1e-5)
-            np.testing.assert_allclose(b["video"][i],
-                                       video.normalize_image(rec["frames"][N // 2]), atol=1e-6)
+            np.testing.assert_array_equal(b["video"][i], rec["frames"][N // 2])
     # Two processes: equal batch counts, and together every clip exactly once among the valid.
     per_p = [list(pipeline.make_eval_iterator(data_dir, "eval", global_batch_size=2,
                                               process_index=p, process_count=2))
@@ -247,8 +254,7 @@ def test_cavmae_full_audio_and_configurable_eval_frame(data_dir, recs):
     for i in range(3):
         rec = recs["eval"][i]
         np.testing.assert_allclose(b["audio"][i], _window(rec, 3, 1024), atol=1e-5)
-        np.testing.assert_allclose(b["video"][i], video.normalize_image(rec["frames"][3]),
-                                   atol=1e-6)
+        np.testing.assert_array_equal(b["video"][i], rec["frames"][3])
 
 
 def test_data_stats_normalization(data_dir, recs):
@@ -270,7 +276,8 @@ def test_retrieval_yields_all_pairs_in_order(data_dir, recs):
         np.testing.assert_array_equal(c["frame_k"], np.arange(N))
         for k in range(N):
             np.testing.assert_allclose(c["audio"][k], _window(rec, k), atol=1e-5)
-        np.testing.assert_allclose(c["video"], video.normalize_image(rec["frames"]), atol=1e-6)
+        assert c["video"].dtype == np.uint8
+        np.testing.assert_array_equal(c["video"], rec["frames"])
     batched = list(pipeline.make_retrieval_iterator(data_dir, "eval", process_index=0,
                                                     process_count=1, clips_per_batch=2))
     assert batched[0]["audio"].shape == (2, N, 416, 128)

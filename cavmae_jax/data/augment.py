@@ -133,19 +133,20 @@ def mixup(audio1: np.ndarray, video1: np.ndarray, labels1: np.ndarray, audio2: n
     Audio and images are mixed as lam * x1 + (1 - lam) * x2 and the targets with `mix_labels`.
     The official code mixes the two WAVEFORMS and recomputes the fbank; records hold fbanks, so
     here the (raw or normalized: normalization is affine, both give the same result) log-mels
-    are mixed instead, which is the documented deviation. Images are the normalized frames, as
-    in the official loader.
+    are mixed instead, which is the documented deviation. The official loader mixes normalized
+    images; the pipeline mixes pixel values and the step normalizes afterwards, which is the
+    same image (normalization is affine and the weights sum to 1) up to float rounding.
 
     Args:
       audio1, audio2: [T, F] log-mel of each example.
-      video1, video2: [H, W, 3] normalized images.
+      video1, video2: [H, W, 3] images (pixels, uint8 or float).
       labels1, labels2: [K] 0/1 multi-hot.
       rng: the example's generator (draws lambda).
       alpha: Beta parameter.
       label_smooth: ls for the mixed target.
 
     Returns:
-      (audio [T, F], video [H, W, 3], labels [K] float32, lam).
+      (audio [T, F], video [H, W, 3] float32, labels [K] float32, lam).
     """
     lam = sample_mixup_lambda(rng, alpha)
     audio = (lam * audio1 + (1.0 - lam) * audio2).astype(np.float32)

@@ -10,6 +10,11 @@ Three modes, as in the official Sync loader (spec §1.6):
 - retrieval: all N (window_k, frame_k) pairs of each clip, in order: `audio` [N, L, 128],
   `video` [N, 224, 224, 3] per clip (or batches of clips).
 
+Frames leave the pipeline as pixels, uint8 (float32 when mixup is on), and are normalized on
+the device by the step (`video.normalize_image` inside the jitted function): per-example
+normalization on the host was a third of the loader's time, and uint8 batches are 4x smaller
+to collate, pass between workers and copy to the device (benchmarks/README.md).
+
 Sharding across processes: the per-epoch order is global and process p takes rows
 [p*b, (p+1)*b) of every global batch of b*P, so the shards are disjoint and cover each epoch,
 and the global batch assembled from the processes equals the single-process one. Randomness
@@ -194,27 +199,6 @@ def _per_process_batch(global_batch_size: int, process_count: int) -> int:
 # ------------------------------------------------------------------------------ per clip
 
 
-@functools.lru_cache(maxsize=1)
-def _image_lut() -> np.ndarray:
-    """[3, 256] float32: video.normalize_image of every uint8 value, per channel."""
-    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)  # [256, 3]
-    lut = np.ascontiguousarray(video.normalize_image(values).T)
-    lut.setflags(write=False)
-    return lut
-
-
-def normalize_frames(frames: np.ndarray) -> np.ndarray:
-    """ImageNet normalization by table lookup: `video.normalize_image`'s exact values, 2x faster.
-
-    uint8 [..., H, W, 3] -> float32 [..., H, W, 3].
-    """
-    lut = _image_lut()
-    out = np.empty(frames.shape, np.float32)
-    for c in range(3):
-        np.take(lut[c], frames[..., c], out=out[..., c])
-    return out
-
-
 @functools.lru_cache(maxsize=32)
 def _window_table(num_frames: int, window_length: int, total: int) -> np.ndarray:
     table = audio.window_table(num_frames, window_length, total)
@@ -290,7 +274,8 @@ class TrainVisit(grain.transforms.MapWithIndex):
 
 
 class TrainExample(grain.transforms.Map):
-    """One train visit -> example: random k, its window and frame, augmentations, normalization.
+    """One train visit -> example: random k, its window and frame, augmentations, audio
+    normalization (the frame stays pixels; see `video.normalize_image`).
 
     All randomness comes from `np.random.default_rng([seed, epoch, clip])`, drawn in a fixed
     order: k, crop/flip, mixup coin, partner clip, partner k, partner crop/flip, lambda,
@@ -310,7 +295,7 @@ class TrainExample(grain.transforms.Map):
         if aug.crop_and_flip:
             frame = augment.random_resized_crop_and_flip(
                 frame, rng, r.config.image_size, aug.crop_scale, aug.crop_ratio, aug.flip_prob)
-        return r.window(rec, k), normalize_frames(frame), r.labels(rec), k
+        return r.window(rec, k), frame, r.labels(rec), k
 
     def map(self, element: Mapping[str, int]) -> dict[str, np.ndarray]:
         r = self.reader
@@ -331,7 +316,10 @@ class TrainExample(grain.transforms.Map):
         x = r.normalize_audio(fb)
         if aug.noise:
             x = augment.add_noise_and_roll(x, rng)  # after normalization
-        return {"audio": x, "video": img.astype(np.float32, copy=False), "labels": y,
+        # Pixels, normalized on the device by the step: uint8, or float32 when mixup is on
+        # (a mixed image is not an integer one, and every batch needs one dtype).
+        img = img.astype(np.float32) if aug.mixup > 0 else img
+        return {"audio": x, "video": img, "labels": y,
                 "frame_k": np.int32(k), "clip_index": np.int64(clip)}
 
 
@@ -350,7 +338,7 @@ class EvalExample(grain.transforms.Map):
         n = rec["num_frames"]
         k = n // 2 if r.config.eval_frame is None else _check_k(r.config.eval_frame, n)
         return {"audio": r.normalize_audio(r.window(rec, k)),
-                "video": normalize_frames(r.frame(rec, k)),
+                "video": r.frame(rec, k),
                 "labels": r.labels(rec), "frame_k": np.int32(k), "clip_index": np.int64(clip),
                 "valid": np.bool_(valid)}
 
@@ -370,7 +358,7 @@ class RetrievalExample(grain.transforms.Map):
         n = rec["num_frames"]
         windows = np.stack([r.window(rec, k) for k in range(n)])  # [N, L, 128]
         frames = np.stack([r.frame(rec, k) for k in range(n)])  # [N, S, S, 3] uint8
-        return {"audio": r.normalize_audio(windows), "video": normalize_frames(frames),
+        return {"audio": r.normalize_audio(windows), "video": frames,
                 "labels": r.labels(rec), "frame_k": np.arange(n, dtype=np.int32),
                 "clip_index": np.int64(clip), "id": rec["id"], "valid": np.bool_(valid)}
 
@@ -485,8 +473,9 @@ def make_train_iterator(data_dir: str | os.PathLike, split: str = "train", *,
       **overrides: PipelineConfig fields (e.g. window_length=1024, augment={...}).
 
     Returns:
-      Iterator of dicts: `audio` [b, L, 128] float32 normalized, `video` [b, S, S, 3] float32
-      ImageNet-normalized, `labels` [b, C] float32 (smoothed/mixed when configured), `frame_k`
+      Iterator of dicts: `audio` [b, L, 128] float32 normalized, `video` [b, S, S, 3] pixels
+      (uint8; float32 0..255 when mixup is on; normalize with `video.normalize_image`),
+      `labels` [b, C] float32 (smoothed/mixed when configured), `frame_k`
       [b] int32, `clip_index` [b] int64. Save/restore it with `train.checkpoint.Checkpointer`
       (or `get_state` / `set_state`).
     """
@@ -516,8 +505,9 @@ def make_eval_iterator(data_dir: str | os.PathLike, split: str = "eval", *,
                        **overrides: Any) -> grain.DatasetIterator:
     """One pass over `split` at the eval frame (k = N // 2 unless `eval_frame`), no augmentation.
 
-    Batches as in train plus `valid` [b] bool: with `pad_eval` (default) the last batches are
-    padded with repeated clips marked invalid, so every process yields
+    Batches as in train (`video` uint8 pixels) plus `valid` [b] bool: with `pad_eval`
+    (default) the last batches are padded with repeated clips marked invalid, so every process
+    yields
     ceil(num_records / global_batch_size) batches of full size; mask them out of metrics.
     """
     return iter(eval_dataset(data_dir, split, global_batch_size=global_batch_size,
@@ -549,8 +539,9 @@ def make_retrieval_iterator(data_dir: str | os.PathLike, split: str = "eval", *,
                             **overrides: Any) -> grain.DatasetIterator:
     """All N window/frame pairs of every clip of this process, clips in record order.
 
-    Per clip (clips_per_batch None): `audio` [N, L, 128], `video` [N, S, S, 3] float32
-    normalized, `frame_k` [N] = 0..N-1, `labels` [C], `clip_index` int64, `id` str, `valid`.
+    Per clip (clips_per_batch None): `audio` [N, L, 128] float32 normalized, `video`
+    [N, S, S, 3] uint8 pixels, `frame_k` [N] = 0..N-1, `labels` [C], `clip_index` int64,
+    `id` str, `valid`.
     With clips_per_batch c every field gains a leading [c] axis. With several processes (or
     c > 1) and `pad_eval`, padding clips marked `valid` False even out the counts.
     """

@@ -22,7 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from cavmae_jax import parallel
+from cavmae_jax import parallel, video
 from cavmae_jax.data import pipeline
 from cavmae_jax.evaluate import classification, retrieval
 from cavmae_jax.models.cavmae import CAVMAE
@@ -56,12 +56,13 @@ def load_params(config: ml_collections.ConfigDict, run: loop.Run, workdir: pathl
 
 def _embed_fn(model: CAVMAE, task: str, mode: str):
     if task == "retrieval":
-        def embed(params, audio, video):  # [n, L, 128], [n, S, S, 3] -> 2 x [n, D]
-            f = model.apply({"params": params}, audio, video, method=CAVMAE.features)
+        def embed(params, audio, frames):  # [n, L, 128], [n, S, S, 3] pixels -> 2 x [n, D]
+            f = model.apply({"params": params}, audio, video.normalize_image(frames),
+                            method=CAVMAE.features)
             return f["global_a"], f["global_v"]
     else:
-        def embed(params, audio, video):  # -> [n, C] logits
-            return model.apply({"params": params}, audio, video, mode,
+        def embed(params, audio, frames):  # -> [n, C] logits
+            return model.apply({"params": params}, audio, video.normalize_image(frames), mode,
                                method=CAVMAEClassifier.classify)
     return jax.jit(embed)
 
@@ -90,11 +91,11 @@ def collect(config: ml_collections.ConfigDict, run: loop.Run, params: Any,
         c, n = batch["audio"].shape[:2]
         k = [n // 2] if config.eval.middle_frame_only else list(range(n))
         audio = batch["audio"][:, k].reshape(c * len(k), *batch["audio"].shape[2:])
-        video = batch["video"][:, k].reshape(c * len(k), *batch["video"].shape[2:])
+        frames = batch["video"][:, k].reshape(c * len(k), *batch["video"].shape[2:])
         if (c * len(k)) % jax.local_device_count():
             raise ValueError(f"eval.batch_size ({c}) x pairs per clip ({len(k)}) must divide "
                              f"over {jax.local_device_count()} local devices")
-        inputs = parallel.host_batch_to_global({"audio": audio, "video": video}, run.mesh)
+        inputs = parallel.host_batch_to_global({"audio": audio, "video": frames}, run.mesh)
         out = embed(params, inputs["audio"], inputs["video"])
         out = jax.tree.map(functools.partial(_gather_per_clip, pairs=len(k)), out)
         gather = lambda x: np.asarray(multihost_utils.process_allgather(np.asarray(x)))

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cavmae_jax import losses
+from cavmae_jax import losses, video
 from cavmae_jax.models import masking
 from cavmae_jax.models.cavmae import CAVMAE
 from cavmae_jax.models.heads import CAVMAEClassifier
@@ -19,6 +19,15 @@ from cavmae_jax.train.state import TrainState, step_key
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+
+
+def model_inputs(batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """(audio [B, T, 128], video [B, S, S, 3] ImageNet-normalized) from a pipeline batch.
+
+    The pipeline ships frames as pixels (uint8, or float32 after mixup); they are normalized
+    here, inside the jitted step, rather than per example on the host.
+    """
+    return batch["audio"], video.normalize_image(batch["video"])
 
 
 def masking_noise(model: CAVMAE, rng: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -35,8 +44,9 @@ def masking_noise(model: CAVMAE, rng: jax.Array, batch_size: int) -> tuple[jax.A
 
 def pretrain_loss(model: CAVMAE, params: Any, batch: Batch,
                   rng: jax.Array) -> tuple[jax.Array, Metrics]:
-    noise_a, noise_v = masking_noise(model, rng, batch["audio"].shape[0])
-    out = model.apply({"params": params}, batch["audio"], batch["video"], noise_a, noise_v,
+    audio, frames = model_inputs(batch)
+    noise_a, noise_v = masking_noise(model, rng, audio.shape[0])
+    out = model.apply({"params": params}, audio, frames, noise_a, noise_v,
                       method=CAVMAE.pretrain)
     metrics = {k: out[k] for k in ("loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c",
                                    "c_acc")}
@@ -45,7 +55,7 @@ def pretrain_loss(model: CAVMAE, params: Any, batch: Batch,
 
 def classification_loss(model: CAVMAEClassifier, params: Any, batch: Batch, mode: str,
                         loss: str) -> tuple[jax.Array, Metrics]:
-    logits = model.apply({"params": params}, batch["audio"], batch["video"], mode,
+    logits = model.apply({"params": params}, *model_inputs(batch), mode,
                          method=CAVMAEClassifier.classify)
     if loss == "bce":
         value = losses.bce_with_logits(logits, batch["labels"])
