@@ -5,7 +5,11 @@ Without --data_dir it first writes synthetic 10 s clips (data_prep.synthetic) an
 startup time (iterator creation + first batch) and the steady rate over the following batches.
 Prints a table and optionally writes JSON. Not part of pytest.
 
-  .venv/bin/python benchmarks/loader.py [--data_dir DIR] [--workers 0 2] [--json OUT]
+  .venv/bin/python benchmarks/loader.py [--data_dir DIR] [--workers 0 2] [--json OUT] \
+      [--step_json model_step.json]
+
+With --step_json (the JSON that benchmarks/model_step.py wrote for the same model config) each
+train row also shows how many times faster the pipeline delivers than the step consumes.
 """
 
 from __future__ import annotations
@@ -91,7 +95,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--read_threads", type=int, default=2)
     p.add_argument("--window_length", type=int, default=416)
     p.add_argument("--json", dest="json_out", default=None, help="write results here")
+    p.add_argument("--step_json", default=None,
+                   help="benchmarks/model_step.py --json output: compare with its samples/s")
     args = p.parse_args(argv)
+    step = None
+    if args.step_json:
+        step = json.loads(pathlib.Path(args.step_json).read_text())
+        print(f"train step ({step['arch']} {step['size']}, {step['dtype']}, batch "
+              f"{step['batch']}): {step['samples_per_s']:.2f} samples/s")
     flags.FLAGS.mark_as_parsed()  # Grain workers read absl flags
 
     tmp = None
@@ -131,17 +142,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r = _time(make, n, per_batch)
         rows.append({"pipeline": mode, "augment": aug, "workers": w, "unit": (
             "clips" if mode == "retrieval" else "examples"), **r})
+        if step and mode == "train":
+            rows[-1]["x_step"] = r["samples_per_s"] / step["samples_per_s"]
         print(f"{mode:9s} aug={aug:9s} workers={w}: {r['samples_per_s']:7.1f} "
               f"{rows[-1]['unit']}/s  (startup {r['startup_s']:.2f} s, "
               f"overall {r['overall_per_s']:.1f}/s)", flush=True)
 
     print()
-    print("| pipeline  | augment   | workers | steady /s | overall /s | unit     | startup s |")
-    print("|-----------|-----------|---------|-----------|------------|----------|-----------|")
+    print("| pipeline  | augment   | workers | steady /s | overall /s | unit     | startup s "
+          "| x step |")
+    print("|-----------|-----------|---------|-----------|------------|----------|-----------"
+          "|--------|")
     for r in rows:
+        x_step = f"{r['x_step']:6.0f}" if "x_step" in r else "     -"
         print(f"| {r['pipeline']:9s} | {r['augment']:9s} | {r['workers']:7d} | "
               f"{r['samples_per_s']:9.1f} | {r['overall_per_s']:10.1f} | {r['unit']:8s} | "
-              f"{r['startup_s']:9.2f} |")
+              f"{r['startup_s']:9.2f} | {x_step} |")
     result = {
         "benchmark": "loader",
         "data_dir": None if tmp else data_dir,
@@ -152,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "rows": rows,
+        "step": step,
     }
     if args.json_out:
         os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
