@@ -69,10 +69,12 @@ COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 def model_config(arch: str, size: str, dtype: str, audio_length: int | None,
-                 attention_impl: str, remat: bool) -> ModelConfig:
+                 attention_impl: str, remat: bool,
+                 remat_policy: str = "nothing_saveable") -> ModelConfig:
     kwargs: dict[str, Any] = dict(ARCHS[arch], **SIZES[size], modality_specific_depth=11,
                                   joint_depth=1, mlp_ratio=4.0, mask_ratio_a=0.75,
                                   mask_ratio_v=0.75, dtype=dtype, remat=remat,
+                                  remat_policy=remat_policy,
                                   attention_impl=attention_impl)
     if audio_length:
         kwargs["audio_length"] = audio_length
@@ -151,7 +153,7 @@ def make_batch(c: ModelConfig, batch: int, seed: int = 0) -> dict[str, jax.Array
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = jax.devices()[0]
     cfg = model_config(args.arch, args.size, args.dtype, args.audio_length, args.attention_impl,
-                       args.remat)
+                       args.remat, args.remat_policy)
     model = CAVMAE(cfg)
     optim_cfg = {"name": "adamw", "lr": 1e-4, "weight_decay": 0.05, "warmup_steps": 10,
                  "freeze_patterns": tuple(f"^{n}$" for n in frozen_param_names(cfg))}
@@ -203,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "arch": args.arch, "size": args.size, "batch": args.batch, "dtype": args.dtype,
         "audio_length": cfg.audio_length, "attention_impl": cfg.attention_impl,
-        "remat": cfg.remat,
+        "remat": cfg.remat, "remat_policy": cfg.remat_policy if cfg.remat else None,
         "params": int(num_params), "device": device.device_kind, "platform": device.platform,
         "host": platform.node(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -232,7 +234,7 @@ def print_table(r: dict[str, Any]) -> None:
     rows = [
         ("model", f"{r['arch']} {r['size']} ({r['params'] / 1e6:.1f} M params), "
                   f"audio_length {r['audio_length']}, attention {r['attention_impl']}, "
-                  f"remat {r['remat']}"),
+                  f"remat {r['remat_policy'] if r['remat'] else False}"),
         ("batch / dtype", f"{r['batch']} / {r['dtype']}"),
         ("device", f"{r['device']} ({r['platform']}, {r['cpu_count']} CPUs), jax {r['jax']}"),
         ("load avg before / after",
@@ -279,6 +281,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="fbank frames (default: 416 for sync, 1024 for cavmae)")
     parser.add_argument("--attention_impl", choices=["xla", "fused"], default="xla")
     parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--remat_policy", default="nothing_saveable",
+                        help="with --remat: a jax.checkpoint_policies name (see ModelConfig)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
     parser.add_argument("--peak_tflops", type=float, default=None,

@@ -99,7 +99,8 @@ def test_remat_and_fused_attention_match_the_plain_model():
     args = inputs(model.config)
     loss = lambda m: (lambda p: pretrain(m, p, *args)["loss"])
     ref_loss, ref_grads = jax.jit(jax.value_and_grad(loss(model)))(params)
-    for variant in (dict(remat=True), dict(attention_impl="fused")):
+    for variant in (dict(remat=True), dict(remat=True, remat_policy="dots_saveable"),
+                    dict(attention_impl="fused")):
         other = CAVMAE(model.config.replace(**variant))
         value, grads = jax.jit(jax.value_and_grad(loss(other)))(params)
         np.testing.assert_allclose(value, ref_loss, rtol=1e-5, err_msg=str(variant))

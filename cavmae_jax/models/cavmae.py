@@ -60,7 +60,10 @@ class CAVMAE(nn.Module):
     def setup(self):
         c = self.config
         dt = compute_dtype(c)
-        block = nn.remat(Block, static_argnums=(2,)) if c.remat else Block
+        block = Block
+        if c.remat:
+            policy = getattr(jax.checkpoint_policies, c.remat_policy)
+            block = nn.remat(Block, static_argnums=(2,), policy=policy)
 
         def make_block(name: str, heads: int) -> nn.Module:
             return block(num_heads=heads, mlp_ratio=c.mlp_ratio, dtype=dt,

@@ -12,6 +12,8 @@ from typing import Any
 ARCHS = ("cavmae", "sync")
 MASK_MODES = ("unstructured", "time", "freq", "tf")
 DTYPES = ("float32", "bfloat16")
+# With remat: what each block keeps for the backward pass (names of jax.checkpoint_policies).
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,8 @@ class ModelConfig:
     contrast_loss_weight: float = 0.01
     # Numerics and memory.
     dtype: str = "float32"  # compute dtype; params are always float32
-    remat: bool = False
+    remat: bool = False  # recompute each block's activations in the backward pass
+    remat_policy: str = "nothing_saveable"  # what remat keeps; one of REMAT_POLICIES
     attention_impl: str = "xla"  # "xla" or "fused" (jax.nn.dot_product_attention)
 
     def __post_init__(self):
@@ -85,6 +88,8 @@ class ModelConfig:
         need(self.temperature > 0, "temperature must be > 0")
         need(self.negative_groups >= 1, "negative_groups must be >= 1")
         need(self.attention_impl in ("xla", "fused"), "attention_impl must be 'xla' or 'fused'")
+        need(self.remat_policy in REMAT_POLICIES,
+             f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         if self.arch == "cavmae":
             need(not self.global_tokens and self.num_register_tokens == 0
                  and not self.contrastive_heads and not self.global_local_losses,
