@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from cavmae_jax import parallel
 from cavmae_jax.data import pipeline
@@ -181,7 +182,7 @@ def train(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
     train_step = jax.jit(
         step_lib.make_train_step(run.model, run.tx, run.schedule, config.task,
                                  config.finetune.mode, config.finetune.loss),
-        in_shardings=(run.state_shardings, batch_sharding),
+        in_shardings=(run.state_shardings, batch_sharding, parallel.replicated(run.mesh)),
         out_shardings=(run.state_shardings, None), donate_argnums=0)
 
     average = jax.jit(state_lib.add_to_average, in_shardings=(run.state_shardings,),
@@ -197,9 +198,10 @@ def train(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
         for step in range(start + 1, run.total_steps + 1):
             host = next(data_iter)
             batch = parallel.host_batch_to_global({k: host[k] for k in MODEL_INPUTS}, run.mesh)
-            state, metrics = train_step(state, batch)
+            log_step = step % config.train.log_every == 0 or step == run.total_steps
+            state, metrics = train_step(state, batch, np.bool_(log_step))
             examples += config.train.global_batch_size
-            if step % config.train.log_every == 0 or step == run.total_steps:
+            if log_step:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 check_finite(metrics, step)
                 last = writer.write(step, metrics, num_examples=examples)

@@ -69,20 +69,35 @@ def make_train_step(model: CAVMAE, tx: optax.GradientTransformation,
                     schedule: Callable[[Any], Any], task: str = "pretrain",
                     mode: str = "multimodal", loss: str = "bce"
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """The update for `task` ('pretrain' or 'finetune')."""
+    """The update for `task` ('pretrain' or 'finetune').
+
+    The returned `train_step(state, batch, log_step=True)` also reports `grad_norm`, which costs
+    one more pass over every gradient (19 ms of a ~700 ms small Sync step on 2 CPU cores). The
+    loop passes `log_step` as a traced bool that is True only on the steps whose metrics it
+    fetches; on the others `lax.cond` skips that pass and `grad_norm` is 0.
+    """
 
     def loss_fn(params, batch, rng):
         if task == "pretrain":
             return pretrain_loss(model, params, batch, rng)
         return classification_loss(model, params, batch, mode, loss)
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    def train_step(state: TrainState, batch: Batch,
+                   log_step: bool | jax.Array = True) -> tuple[TrainState, Metrics]:
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (_, metrics), grads = grad_fn(state.params, batch, step_key(state))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+        grad_norm = _if_logging(log_step, lambda: optax.tree.norm(grads))
+        metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step))
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 
     return train_step
+
+
+def _if_logging(log_step: bool | jax.Array, metric: Callable[[], jax.Array]) -> jax.Array:
+    """metric() on logging steps, else 0. `log_step`: a Python bool, or a traced bool scalar."""
+    if isinstance(log_step, bool):
+        return metric() if log_step else jnp.zeros((), jnp.float32)
+    return jax.lax.cond(log_step, metric, lambda: jnp.zeros((), jnp.float32))
