@@ -693,11 +693,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "missing_shards" in sp:
             print(f"warning: split {name!r} is incomplete ({len(sp['missing_shards'])} shards "
                   f"missing); rerun its conversion (input {sp['input']['path']})")
-    if meta["num_records"] == 0:
-        return 1
-    if a.strict and meta["num_failed"]:
-        return 1
-    return 0
+    return exit_status(meta, a.strict)
+
+
+def exit_status(meta: dict, strict: bool) -> int:
+    """The CLI's exit code: 1 if nothing was converted, or anything failed under --strict."""
+    return int(meta["num_records"] == 0 or bool(strict and meta["num_failed"]))
 
 
 if __name__ == "__main__":

@@ -432,11 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     per_split = ", ".join(f"{k}: {v['num_records']}" for k, v in sorted(meta["splits"].items()))
     print(f"{meta['num_records']} clips ({per_split}) in {builder.data_path}; "
           f"{meta['num_failed']} failed (see {FAILURES_FILE}); {len(meta['silent_ids'])} silent")
-    if meta["num_records"] == 0:
-        return 1
-    if a.strict and meta["num_failed"]:
-        return 1
-    return 0
+    return convert.exit_status(meta, a.strict)
 
 
 if __name__ == "__main__":
