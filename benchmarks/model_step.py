@@ -37,6 +37,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.sizes import SIZES  # noqa: E402
 from cavmae_jax.models import masking  # noqa: E402
 from cavmae_jax.models.cavmae import CAVMAE, frozen_param_names, init_params  # noqa: E402
 from cavmae_jax.models.config import ModelConfig  # noqa: E402
@@ -44,15 +45,6 @@ from cavmae_jax.train import optim  # noqa: E402
 from cavmae_jax.train import state as state_lib  # noqa: E402
 from cavmae_jax.train import step as step_lib  # noqa: E402
 
-# 12 encoder layers (11 modality-specific + 1 joint), MLP ratio 4, for every size.
-SIZES: dict[str, dict[str, int]] = {
-    "tiny": dict(embed_dim=192, num_heads=3, decoder_embed_dim=128, decoder_depth=2,
-                 decoder_num_heads=4),
-    "small": dict(embed_dim=384, num_heads=6, decoder_embed_dim=256, decoder_depth=4,
-                  decoder_num_heads=8),
-    "base": dict(embed_dim=768, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
-                 decoder_num_heads=16),
-}
 # The released Sync model (global tokens, 8 registers, no contrastive heads) and CAV-MAE.
 ARCHS: dict[str, dict[str, Any]] = {
     "sync": dict(arch="sync", audio_length=416, global_tokens=True, num_register_tokens=8,

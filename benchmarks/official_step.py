@@ -29,15 +29,9 @@ import time
 
 import torch
 
-# Same sizes as model_step.SIZES (that script imports jax, which this environment lacks).
-SIZES = {
-    "tiny": dict(embed_dim=192, num_heads=3, decoder_embed_dim=128, decoder_depth=2,
-                 decoder_num_heads=4),
-    "small": dict(embed_dim=384, num_heads=6, decoder_embed_dim=256, decoder_depth=4,
-                  decoder_num_heads=8),
-    "base": dict(embed_dim=768, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
-                 decoder_num_heads=16),
-}
+# Run as `python benchmarks/official_step.py`: import the shared sizes from the repository root.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from benchmarks.sizes import SIZES  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
