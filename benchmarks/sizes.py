@@ -1,6 +1,6 @@
 """Model sizes shared by model_step.py (JAX) and official_step.py (PyTorch); imports nothing.
 
-12 encoder layers (11 modality-specific + 1 joint), MLP ratio 4, for every size; the issue's
+12 encoder layers (11 modality-specific + 1 joint), MLP ratio 4, for every size; issue 5's
 tiny / small / base, so the numbers compare with its reference rates.
 """
 
