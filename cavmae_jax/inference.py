@@ -27,7 +27,9 @@ def clip_inputs(path: str | os.PathLike, num_frames: int = 16, window_length: in
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(audio [N, L, 128], video [N, 224, 224, 3]) normalized model inputs for a video file.
 
-    `audio_path` reads the sound from a separate file (e.g. an extracted wav) instead.
+    Both are ready for `model.apply` (unlike the Grain pipeline's batches, whose uint8 frames
+    the train and eval steps normalize on the device). `audio_path` reads the sound from a
+    separate file (e.g. an extracted wav) instead.
     """
     wave = audio.load_audio(audio_path or path)
     fbank, _ = audio.wave_to_fbank(wave)  # [1024, 128], unnormalized
