@@ -33,6 +33,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.audio_std = 4.4849
     c.data.use_data_stats = False  # ... or the train split's mean/std from metadata.json
     c.data.worker_count = 0  # Grain worker processes (0: in-process, fastest on few cores)
+    c.data.balanced_sampling = False  # official class-balanced draws (AS-2M, VGGSound finetune)
     c.data.augment = ml_collections.ConfigDict()
     c.data.augment.noise = False  # noise + circular time roll (official CAV-MAE: on)
     c.data.augment.freqm = 0  # SpecAugment frequency-mask width (official finetune: 48)

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from cavmae_jax.train import loop
 from cavmae_jax.train import state as state_lib
 from configs import cavmae_pretrain, common, demo, finetune, sync_pretrain
 
@@ -33,6 +34,13 @@ def test_recipes_match_the_official_scripts():
     vgg = finetune.get_config("vggsound")
     assert (vgg.finetune.loss, vgg.optim.head_lr_mult, vgg.finetune.wa_start) == ("ce", 10.0, 3)
     assert finetune.get_config("as20k").train.global_batch_size == 36
+    # Class-balanced draws for AS-2M and VGGSound training only (never for evaluation).
+    for name, balanced in (("as20k", False), ("as2m", True), ("vggsound", True)):
+        c = finetune.get_config(name)
+        c.data.dir = "somewhere"
+        model_cfg = common.validate(c)
+        assert loop.pipeline_config(c, model_cfg)["balanced_sampling"] is balanced
+        assert loop.pipeline_config(c, model_cfg, train=False)["balanced_sampling"] is False
 
 
 def test_validate_names_the_bad_key():

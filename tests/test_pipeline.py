@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cavmae_jax import audio, video
-from cavmae_jax.data import pipeline, records
+from cavmae_jax.data import pipeline, records, sampling
 from cavmae_jax.data import synthetic as synth
 from cavmae_jax.train import checkpoint
 from data_prep import convert
@@ -155,6 +155,32 @@ def test_process_shards_disjoint_and_covering(data_dir, count):
                    for p in range(count)]
     assert set().union(*first_epoch) == set(range(NUM_TRAIN))
     assert sum(map(len, first_epoch)) == NUM_TRAIN  # disjoint
+
+
+def test_balanced_sampling_draws_by_the_official_weights(data_dir, recs):
+    """AS-2M / VGGSound finetuning: each epoch is N weighted draws with replacement."""
+    weights = sampling.class_balanced_weights([r["labels"] for r in recs["train"]], 4)
+    want = sampling.WeightedEpochs(weights, seed=3)
+    it = _train(data_dir, balanced_sampling=True, num_epochs=8)
+    clips = [int(c) for b in it for c in b["clip_index"]]
+    assert clips == [want[i] for i in range(len(clips))]
+    assert len(clips) == 8 * NUM_TRAIN // 4 * 4
+    # The iterator state restores exactly, and two processes together give the global batches.
+    it = _train(data_dir, balanced_sampling=True)
+    next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(2)]
+    it2 = _train(data_dir, balanced_sampling=True)
+    it2.set_state(state)
+    for want_batch in expected:
+        _assert_batches_equal(next(it2), want_batch)
+    single = _train(data_dir, balanced_sampling=True)
+    procs = [_train(data_dir, balanced_sampling=True, process_index=p, process_count=2)
+             for p in range(2)]
+    for _ in range(3):
+        parts = [next(p) for p in procs]
+        np.testing.assert_array_equal(np.concatenate([p["clip_index"] for p in parts]),
+                                      next(single)["clip_index"])
 
 
 def test_process_batches_concatenate_to_the_single_process_batch(data_dir):

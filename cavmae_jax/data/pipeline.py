@@ -46,7 +46,7 @@ import grain
 import numpy as np
 
 from cavmae_jax import audio, video
-from cavmae_jax.data import augment, records
+from cavmae_jax.data import augment, records, sampling
 
 DEFAULT_WINDOW_LENGTH = 416  # the released Sync model's 4 s windows
 
@@ -83,6 +83,7 @@ class PipelineConfig:
     image_size: int = video.IMAGE_SIZE
     augment: AugmentConfig = AugmentConfig()
     pad_eval: bool = True  # pad eval/retrieval so all processes yield equal batch counts
+    balanced_sampling: bool = False  # train: the official class-balanced draws (data/sampling.py)
     worker_count: int = 0  # Grain worker processes (0: threads in this process; fastest on CPU)
     worker_buffer_size: int = 2  # batches buffered per worker
     read_threads: int = 2  # threads per process producing batches
@@ -448,7 +449,12 @@ def train_dataset(data_dir: str | os.PathLike, split: str = "train", *, global_b
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     reader, n = _reader(data_dir, split, cfg)
-    ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(num_epochs)  # new order per epoch
+    if cfg.balanced_sampling:  # N weighted draws with replacement per epoch (AS-2M, VGGSound)
+        weights = sampling.class_balanced_weights(
+            sampling.record_labels(reader.source, progress=p == 0), reader.num_classes)
+        ds = sampling.WeightedEpochs(weights, seed, num_epochs)
+    else:  # every clip once per epoch, in a new order each epoch
+        ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(num_epochs)
     ds = _ProcessRows(ds.map_with_index(TrainVisit(n)), p, count, batch)
     ds = ds.map(TrainExample(reader, seed)).batch(batch, drop_remainder=True)
     return _finish(ds, cfg)

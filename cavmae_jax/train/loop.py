@@ -41,6 +41,7 @@ def pipeline_config(config: ml_collections.ConfigDict, model_cfg: ModelConfig,
     return dict(window_length=model_cfg.audio_length,
                 audio_mean=stats or d.audio_mean, audio_std=stats or d.audio_std,
                 worker_count=d.worker_count,
+                balanced_sampling=d.balanced_sampling and train,
                 augment=d.augment.to_dict() if train else {})
 
 
