@@ -78,6 +78,32 @@ def _assert_batches_equal(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+def _assert_state_restores(data_dir, skip: int = 3, **kw) -> None:
+    """After `skip` batches, get_state -> a fresh iterator's set_state gives the same batches."""
+    it = _train(data_dir, **kw)
+    for _ in range(skip):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(2)]
+    it2 = _train(data_dir, **kw)
+    it2.set_state(state)
+    for want in expected:
+        _assert_batches_equal(next(it2), want)
+
+
+def _assert_processes_stack_to_single(data_dir, **kw) -> None:
+    """make_array_from_process_local_data stacks process p's rows as block p: the stacked
+    per-process batches must equal the single-process global batch, row for row."""
+    single = _train(data_dir, global_batch_size=4, **kw)
+    procs = [_train(data_dir, global_batch_size=4, process_index=p, process_count=2, **kw)
+             for p in range(2)]
+    for ref in single:
+        parts = [next(it) for it in procs]
+        assert all(len(p["clip_index"]) == 2 for p in parts)
+        for key in ("clip_index", "frame_k", "audio"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), ref[key])
+
+
 def test_normalize_image_on_device_equals_host():
     """The step normalizes the pipeline's uint8 (or float pixel) frames inside jit."""
     frames = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
@@ -166,34 +192,12 @@ def test_balanced_sampling_draws_by_the_official_weights(data_dir, recs):
     assert clips == [want[i] for i in range(len(clips))]
     assert len(clips) == 8 * NUM_TRAIN // 4 * 4
     # The iterator state restores exactly, and two processes together give the global batches.
-    it = _train(data_dir, balanced_sampling=True)
-    next(it)
-    state = it.get_state()
-    expected = [next(it) for _ in range(2)]
-    it2 = _train(data_dir, balanced_sampling=True)
-    it2.set_state(state)
-    for want_batch in expected:
-        _assert_batches_equal(next(it2), want_batch)
-    single = _train(data_dir, balanced_sampling=True)
-    procs = [_train(data_dir, balanced_sampling=True, process_index=p, process_count=2)
-             for p in range(2)]
-    for _ in range(3):
-        parts = [next(p) for p in procs]
-        np.testing.assert_array_equal(np.concatenate([p["clip_index"] for p in parts]),
-                                      next(single)["clip_index"])
+    _assert_state_restores(data_dir, skip=1, balanced_sampling=True)
+    _assert_processes_stack_to_single(data_dir, balanced_sampling=True, num_epochs=2)
 
 
 def test_process_batches_concatenate_to_the_single_process_batch(data_dir):
-    """make_array_from_process_local_data stacks process p's rows as block p: the stacked
-    per-process batches must equal the single-process global batch, row for row."""
-    single = _train(data_dir, global_batch_size=4, num_epochs=2)
-    procs = [_train(data_dir, global_batch_size=4, process_index=p, process_count=2,
-                    num_epochs=2) for p in range(2)]
-    for ref in single:
-        parts = [next(it) for it in procs]
-        assert all(len(p["clip_index"]) == 2 for p in parts)
-        for key in ("clip_index", "frame_k", "audio"):
-            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), ref[key])
+    _assert_processes_stack_to_single(data_dir, num_epochs=2)
 
 
 def test_augmented_train_batches(data_dir, recs):
@@ -219,15 +223,7 @@ def test_augmented_train_batches(data_dir, recs):
 
 
 def test_iterator_state_restores_exactly(data_dir):
-    it = _train(data_dir, augment=AUGMENT)
-    for _ in range(3):
-        next(it)
-    state = it.get_state()
-    expected = [next(it) for _ in range(2)]
-    it2 = _train(data_dir, augment=AUGMENT)
-    it2.set_state(state)
-    for want in expected:
-        _assert_batches_equal(next(it2), want)
+    _assert_state_restores(data_dir, augment=AUGMENT)
 
 
 def test_checkpointer_saves_and_restores_the_iterator(data_dir, tmp_path):

@@ -319,7 +319,7 @@ class TrainExample(grain.transforms.Map):
             x = augment.add_noise_and_roll(x, rng)  # after normalization
         # Pixels, normalized on the device by the step: uint8, or float32 when mixup is on
         # (a mixed image is not an integer one, and every batch needs one dtype).
-        img = img.astype(np.float32) if aug.mixup > 0 else img
+        img = img.astype(np.float32, copy=False) if aug.mixup > 0 else img
         return {"audio": x, "video": img, "labels": y,
                 "frame_k": np.int32(k), "clip_index": np.int64(clip)}
 
