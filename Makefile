@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo_out
+# XLA:CPU maps a fresh temp buffer every step; malloc with transparent huge pages makes CPU train
+# steps ~10% faster (cavmae_jax/hostmem.py). A GLIBC_TUNABLES of your own takes precedence.
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: venv demo test bench lint clean
 

@@ -38,6 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.sizes import SIZES  # noqa: E402
+from cavmae_jax import hostmem  # noqa: E402
 from cavmae_jax.models import masking  # noqa: E402
 from cavmae_jax.models.cavmae import CAVMAE, frozen_param_names, init_params  # noqa: E402
 from cavmae_jax.models.config import ModelConfig  # noqa: E402
@@ -175,13 +176,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mem = compiled.memory_analysis()
     xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
 
-    times = []
+    times, faults = [], []
     for i in range(args.warmup + args.steps):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
         state, metrics = compiled(state, batch)
         jax.block_until_ready((state, metrics))
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     recompiles = len(compiles) - compiles_at_start
     if recompiles:
         raise SystemExit(f"the train step recompiled {recompiles} time(s) after compiling once")
@@ -201,6 +204,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "params": int(num_params), "device": device.device_kind, "platform": device.platform,
         "host": platform.node(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "page_faults_per_step": statistics.median(faults),
         "load_avg_before": args.load_before, "load_avg_after": list(os.getloadavg()),
         "compile_s": compile_s, "backend_compiles": compiles_at_start, "recompiles": recompiles,
         "step_s": times, "step_s_min": t_min, "step_s_median": t_med,
@@ -238,6 +243,8 @@ def print_table(r: dict[str, Any]) -> None:
                                    f"{r['step_s_median'] * 1e3:.1f} ms over "
                                    f"{len(r['step_s'])} steps"),
         ("samples/s (min time)", f"{r['samples_per_s']:.2f}"),
+        ("host memory", f"{r['page_faults_per_step']:.0f} page faults per step; GLIBC_TUNABLES="
+                        f"{r['glibc_tunables'] or '(unset)'}"),
     ]
     if r["torch_cpu_samples_per_s"]:
         ref = r["torch_cpu_samples_per_s"]
@@ -284,6 +291,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.load_before = list(os.getloadavg())
     result = run(args)
     print_table(result)
+    if hint := hostmem.cpu_hint(result["platform"]):
+        print(f"note: {hint}")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -23,7 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from cavmae_jax import parallel
+    from cavmae_jax import hostmem, parallel
 
     parallel.maybe_initialize_distributed(_MULTIHOST.value)  # before anything touches devices
     import jax
@@ -35,6 +35,8 @@ def main(argv):
     model_cfg = common.validate(_CONFIG.value)
     logging.info("JAX %s: %d process(es), %d device(s) [%s]", jax.__version__,
                  jax.process_count(), jax.device_count(), jax.devices()[0].platform)
+    if hint := hostmem.cpu_hint(jax.devices()[0].platform):
+        logging.info(hint)
     loop.train(_CONFIG.value, model_cfg, _WORKDIR.value)
 
 
