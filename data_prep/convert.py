@@ -51,7 +51,8 @@ to failures.jsonl (the official loader would silently substitute an all-zero fba
 (`<id>_seg000`, ...); a trailing piece shorter than half a clip is dropped.
 
 Output: `DIR/<split>.array_record-xxxxx-of-yyyyy` (records from `cavmae_jax.data.records`,
-ArrayRecord "group_size:1,uncompressed"), `DIR/metadata.json`, `DIR/failures.jsonl` (all splits).
+ArrayRecord "group_size:1,uncompressed"), `DIR/<split>.labels.npz` (every record's labels, for
+class-balanced sampling), `DIR/metadata.json`, `DIR/failures.jsonl` (all splits).
 Shard i of a split holds that split's inputs i*shard_size .. (i+1)*shard_size-1 in input order
 (folders sorted), so reruns give byte-identical shards. Shards are written to `*.tmp` and renamed
 when complete; bookkeeping lives in `DIR/.convert/` (settings and vocabulary in dataset.json,
@@ -146,6 +147,20 @@ def _atomic_write_text(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _write_labels_index(out: pathlib.Path, split: str, parts: list[dict], complete: bool) -> None:
+    """`<split>.labels.npz` for balanced sampling; removed where it cannot be complete (missing
+    shards, or shards finished by a converter that did not record labels)."""
+    path = records.labels_index_path(out, split)
+    if not complete or any("labels" not in p for p in parts):
+        path.unlink(missing_ok=True)
+        return
+    parts = sorted(parts, key=lambda p: p["shard"])  # the pipeline's record order
+    names, labels = [p["shard"] for p in parts], [x for p in parts for x in p["labels"]]
+    old = records.read_labels_index(path, names)
+    if old is None or len(old) != len(labels):  # an up-to-date index is left untouched
+        records.write_labels_index(path, names, labels)
+
+
 class _ShardWriter:
     """Collects one shard's results in order; writes `<name>.tmp`, then renames."""
 
@@ -157,7 +172,7 @@ class _ShardWriter:
         self.writer = ArrayRecordWriter(str(self.tmp), ARRAY_RECORD_OPTIONS)
         self.part = {"shard": shard.name, "split": shard.split, "num_records": 0, "ids": [],
                      "failures": [], "silent_ids": [], "fbank_sum": 0.0, "fbank_sumsq": 0.0,
-                     "fbank_count": 0, "num_inputs": len(shard.items)}
+                     "fbank_count": 0, "num_inputs": len(shard.items), "labels": []}
 
     def add(self, item: Item, results: list[tuple]) -> None:
         for res in results:
@@ -166,6 +181,7 @@ class _ShardWriter:
                 self.writer.write(data)
                 self.part["num_records"] += 1
                 self.part["ids"].append(clip_id)
+                self.part["labels"].append(list(item.labels))
                 self.part["fbank_sum"] += s
                 self.part["fbank_sumsq"] += ss
                 self.part["fbank_count"] += n
@@ -388,6 +404,8 @@ def convert(input_path: str, output_dir: str, cfg: ConvertConfig, split: str = "
         s["input"] = states[name]["input"]
         if name in incomplete:
             s["missing_shards"] = incomplete[name]
+        _write_labels_index(out, name, [p for p in parts if p["split"] == name],
+                            complete=name not in incomplete)
     num_records = sum(s["num_records"] for s in splits.values())
     meta = {
         "format": "cavmae_jax.data.records",

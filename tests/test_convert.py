@@ -138,6 +138,9 @@ def test_resume_skips_finished_and_redoes_missing(converted, folder, tmp_path):
     assert all(after[k] == before[k] for k in after if k != victim.name)
     assert not list(out.glob("*.tmp"))
     assert _shard_bytes(out) == _shard_bytes(out1)
+    names = [p.name for p in sorted(out.glob("train.array_record-*"))]
+    index = records.read_labels_index(records.labels_index_path(out, "train"), names)
+    assert [x.tolist() for x in index] == [r["labels"].tolist() for r in _read_split(out)]
     # Other settings into the same folder are refused rather than mixed.
     with pytest.raises(SystemExit, match="different conversion"):
         convert.convert(str(folder), str(out), convert.ConvertConfig(num_frames=8), shard_size=2,

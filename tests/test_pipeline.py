@@ -196,6 +196,34 @@ def test_balanced_sampling_draws_by_the_official_weights(data_dir, recs):
     _assert_processes_stack_to_single(data_dir, balanced_sampling=True, num_epochs=2)
 
 
+def test_labels_index_spares_reading_every_record(data_dir, recs, tmp_path):
+    """Balanced sampling takes the labels from convert's `<split>.labels.npz`, not the records."""
+    shards = pipeline.shard_paths(data_dir, "train")
+    want = [r["labels"].tolist() for r in recs["train"]]
+    assert any(len(x) > 1 for x in want)  # the multi-label clip
+
+    class Unread:  # a source of the right length that fails when a record is read
+        def __len__(self):
+            return NUM_TRAIN
+
+        def __getitem__(self, i):
+            raise AssertionError("read a record although the labels index exists")
+
+    assert [x.tolist() for x in sampling.split_labels(shards, Unread(), progress=False)] == want
+    # A folder without the index (converted before it existed): the records are read instead.
+    old = tmp_path / "old"
+    old.mkdir()
+    for p in shards:
+        (old / pathlib.Path(p).name).symlink_to(p)
+    old_shards = pipeline.shard_paths(old, "train")
+    got = sampling.split_labels(old_shards, grain.sources.ArrayRecordDataSource(old_shards),
+                                progress=False)
+    assert [x.tolist() for x in got] == want
+    # An index written for other shards is not used.
+    index = records.labels_index_path(data_dir, "train")
+    assert records.read_labels_index(index, [pathlib.Path(shards[0]).name]) is None
+
+
 def test_process_batches_concatenate_to_the_single_process_batch(data_dir):
     _assert_processes_stack_to_single(data_dir, num_epochs=2)
 

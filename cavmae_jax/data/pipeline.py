@@ -450,8 +450,9 @@ def train_dataset(data_dir: str | os.PathLike, split: str = "train", *, global_b
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     reader, n = _reader(data_dir, split, cfg)
     if cfg.balanced_sampling:  # N weighted draws with replacement per epoch (AS-2M, VGGSound)
-        weights = sampling.class_balanced_weights(
-            sampling.record_labels(reader.source, progress=p == 0), reader.num_classes)
+        labels = sampling.split_labels(shard_paths(data_dir, split), reader.source,
+                                       progress=p == 0)
+        weights = sampling.class_balanced_weights(labels, reader.num_classes)
         ds = sampling.WeightedEpochs(weights, seed, num_epochs)
     else:  # every clip once per epoch, in a new order each epoch
         ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(num_epochs)

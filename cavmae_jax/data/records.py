@@ -22,10 +22,13 @@ Fields (what `encode` takes -> how it is stored -> what `decode` returns):
 
 decode also returns `frame_k` [n] int32 (which of the N frames `frames` holds) and `num_frames` N.
 Normalization ((x + 5.081) / 4.4849, ImageNet mean/std) is NOT applied here: the pipeline does it.
+Beside a split's shards, `<split>.labels.npz` lists every record's labels (`write_labels_index`).
 """
 
 from __future__ import annotations
 
+import os
+import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -161,3 +164,39 @@ def multi_hot(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarra
     if idx.size:
         y[idx] = 1.0
     return y
+
+
+# ------------------------------------------------------------------ labels index (sidecar)
+# `DIR/<split>.labels.npz`, written by data_prep.convert beside the shards: every record's class
+# indices in record order (shards sorted by name, records in shard order), as CSR arrays, so
+# class-balanced sampling does not have to read every record when a run starts.
+
+
+def labels_index_path(data_dir: str | os.PathLike, split: str) -> pathlib.Path:
+    return pathlib.Path(data_dir) / f"{split}.labels.npz"
+
+
+def write_labels_index(path: str | os.PathLike, shards: Sequence[str],
+                       labels: Sequence[Sequence[int]]) -> None:
+    """Writes the labels of `shards`' records (in record order) to `path`, atomically."""
+    path = pathlib.Path(path)
+    offsets = np.zeros(len(labels) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(x) for x in labels])
+    values = np.fromiter((i for x in labels for i in x), np.int32, count=int(offsets[-1]))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, shards=np.asarray(list(shards), dtype=str), offsets=offsets, values=values)
+    os.replace(tmp, path)
+
+
+def read_labels_index(path: str | os.PathLike, shards: Sequence[str]) -> list[np.ndarray] | None:
+    """Every record's class indices from `path`; None if it is missing or was written for
+    shards other than `shards` (file names)."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        if list(z["shards"]) != list(shards):
+            return None
+        offsets, values = z["offsets"], z["values"]
+    return [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
