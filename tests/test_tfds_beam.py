@@ -4,6 +4,7 @@ import csv
 import json
 import pathlib
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -20,6 +21,15 @@ from data_prep import convert, tfds_builder  # noqa: E402
 from data_prep import synthetic as prep  # noqa: E402
 
 CFG = convert.ConvertConfig(num_frames=4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _beam_temp_in_tmp_path(tmp_path_factory):
+    """Beam 2.77's DirectRunner leaves an empty `beam-temp*` folder in the system temp dir
+    after every pipeline (its job server's temp root); keep those out of /tmp."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("beam_tmp")))
+        yield
 
 
 @pytest.fixture(scope="module")
