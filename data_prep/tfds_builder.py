@@ -20,7 +20,8 @@ input: path, id, split, reason). Per-clip failures are a side output of the pipe
 crash. TFDS builds in an `incomplete.*` folder and renames it when done; an existing dataset is
 reused as is (`--overwrite` rebuilds). Examples are stored in TFDS's hashed-key order.
 Read it with `tfds.data_source(...)`, `tfds.builder_from_directory(dir).as_data_source(split)`,
-or `open_records(dir, split)` (a Grain source of record bytes).
+or `open_records(dir, split)` (a Grain source of record bytes); the training and evaluation
+pipelines read the versioned folder directly (`--config.data.dir=DIR/cavmae_records/NAME/1.0.0`).
 Limitation: TFDS cannot write an empty split, so a split whose every input fails stops the build.
 """
 
@@ -41,6 +42,7 @@ from etils import epath
 
 from cavmae_jax import audio, video
 from cavmae_jax.data import records
+from cavmae_jax.data.tfds_source import RecordSource
 from data_prep import convert
 
 DATASET_NAME = "cavmae_records"
@@ -331,41 +333,9 @@ class CavmaeRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 # ----------------------------------------------------------------------------- reading
 
 
-class RecordSource:
-    """One split of a built dataset as a Grain data source of record bytes (`records.decode`).
-
-    Picklable (Grain workers reopen it); `grain.MapDataset.source(open_records(d, "train"))`.
-    """
-
-    def __init__(self, dataset_dir: str, split: str):
-        self.dataset_dir, self.split = str(dataset_dir), split
-        self._src: Any = None
-
-    def _source(self) -> Any:
-        if self._src is None:
-            builder = tfds.builder_from_directory(self.dataset_dir)
-            self._src = builder.as_data_source(split=self.split)
-        return self._src
-
-    def __len__(self) -> int:
-        return len(self._source())
-
-    def __getitem__(self, index: int) -> bytes:
-        return self._source()[index]["record"]
-
-    def __getitems__(self, indices: Sequence[int]) -> list[bytes]:
-        return [ex["record"] for ex in self._source().__getitems__(indices)]
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"dataset_dir": self.dataset_dir, "split": self.split, "_src": None}
-
-    def __repr__(self) -> str:
-        return f"RecordSource({self.dataset_dir!r}, split={self.split!r})"
-
-
 def open_records(dataset_dir: str, split: str = "train") -> RecordSource:
     """`dataset_dir` = the versioned folder (`.../cavmae_records[/NAME]/1.0.0`)."""
-    return RecordSource(dataset_dir, split)
+    return RecordSource(dataset_dir, split)  # cavmae_jax.data.tfds_source
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -172,6 +172,30 @@ def test_local_generator_path_and_grain(pairs_csv, beam_built, tmp_path):
         beam_built.data_path / "failures.jsonl").read_text()
 
 
+def test_pipelines_read_the_tfds_dataset(beam_built, local_cli):
+    """`--config.data.dir` may be a TFDS build: the same clips as convert's folder gives."""
+    from cavmae_jax.data import pipeline
+
+    def clips(data_dir) -> dict[str, tuple]:
+        it = pipeline.make_retrieval_iterator(data_dir, "train", process_index=0,
+                                              process_count=1, window_length=256)
+        return {c["id"]: (c["audio"], c["video"], c["labels"]) for c in it if c["valid"]}
+
+    built, converted = clips(beam_built.data_path), clips(local_cli)
+    assert sorted(built) == sorted(converted) == ["clip_00000", "clip_00001", "clip_00002"]
+    for clip_id, arrays in built.items():
+        for got, want in zip(arrays, converted[clip_id], strict=True):
+            np.testing.assert_array_equal(got, want)
+    # Training from it, class-balanced (no labels index there: the records are read).
+    batch = next(pipeline.make_train_iterator(
+        beam_built.data_path, "train", global_batch_size=2, seed=0, process_index=0,
+        process_count=1, balanced_sampling=True, window_length=256))
+    assert batch["audio"].shape == (2, 256, 128) and batch["video"].shape == (2, 224, 224, 3)
+    with pytest.raises(FileNotFoundError, match="no split 'val'.*test, train"):
+        pipeline.make_eval_iterator(beam_built.data_path, "val", global_batch_size=2,
+                                    process_index=0, process_count=1)
+
+
 def test_rebuild_is_a_reuse_and_other_settings_are_refused(pairs_csv, beam_built):
     data_dir = str(beam_built.data_path.parent.parent.parent)
     shard = pathlib.Path(next(beam_built.data_path.glob("*train.array_record-*")))

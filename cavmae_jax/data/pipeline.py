@@ -1,4 +1,4 @@
-"""Grain pipelines from the ArrayRecord shards of `data_prep.convert`: train, eval, retrieval.
+"""Grain pipelines over a data_prep.convert folder or a tfds_builder build: train, eval, retrieval.
 
 Three modes, as in the official Sync loader (spec §1.6):
 
@@ -45,7 +45,7 @@ import grain
 import numpy as np
 
 from cavmae_jax import audio, video
-from cavmae_jax.data import augment, records, sampling
+from cavmae_jax.data import augment, records, sampling, tfds_source
 from cavmae_jax.data.config import (  # noqa: F401 - re-exported: pipeline.make_config etc.
     AugmentConfig,
     PipelineConfig,
@@ -56,7 +56,7 @@ from cavmae_jax.data.config import (  # noqa: F401 - re-exported: pipeline.make_
 
 
 def load_metadata(data_dir: str | os.PathLike) -> dict[str, Any]:
-    """`DIR/metadata.json` written by data_prep.convert."""
+    """`DIR/metadata.json` written by data_prep.convert (or data_prep.tfds_builder)."""
     path = pathlib.Path(data_dir) / "metadata.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {data_dir} a data_prep.convert output?")
@@ -293,7 +293,10 @@ def _reader(data_dir: str | os.PathLike, split: str, config: PipelineConfig
     if config.window_length > target:
         raise ValueError(f"window_length {config.window_length} > the records' fbank length "
                          f"{target}")
-    source = grain.sources.ArrayRecordDataSource(shard_paths(data_dir, split))
+    if tfds_source.is_tfds_dataset(data_dir):  # built by data_prep.tfds_builder
+        source = tfds_source.RecordSource(data_dir, split)
+    else:
+        source = grain.sources.ArrayRecordDataSource(shard_paths(data_dir, split))
     mean, std = audio_stats(config, meta)
     return _ClipReader(source, int(meta.get("num_classes", 0)), config, mean, std), len(source)
 
@@ -364,8 +367,8 @@ def train_dataset(data_dir: str | os.PathLike, split: str = "train", *, global_b
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     reader, n = _reader(data_dir, split, cfg)
     if cfg.balanced_sampling:  # N weighted draws with replacement per epoch (AS-2M, VGGSound)
-        labels = sampling.split_labels(shard_paths(data_dir, split), reader.source,
-                                       progress=p == 0)
+        shards = [] if tfds_source.is_tfds_dataset(data_dir) else shard_paths(data_dir, split)
+        labels = sampling.split_labels(shards, reader.source, progress=p == 0)
         weights = sampling.class_balanced_weights(labels, reader.num_classes)
         ds = sampling.WeightedEpochs(weights, seed, num_epochs)
     else:  # every clip once per epoch, in a new order each epoch

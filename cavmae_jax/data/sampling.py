@@ -42,8 +42,9 @@ def split_labels(shard_paths: Sequence[str], source: Sequence[bytes], progress: 
     """The class indices of every record of a split, in record order.
 
     From the split's labels index (`<split>.labels.npz`, written by data_prep.convert) when it
-    matches `shard_paths`; otherwise, e.g. for folders converted before the index existed, by
-    reading every record of `source` (0.3 ms a record: minutes for AS-2M, on every start).
+    matches `shard_paths`; otherwise (folders converted before the index existed; no shard paths,
+    as for a TFDS dataset) by reading every record of `source` (0.3 ms a record: minutes for
+    AS-2M, on every start).
     """
     shard_paths = [pathlib.Path(p) for p in shard_paths]
     if shard_paths:
