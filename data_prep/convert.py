@@ -96,10 +96,17 @@ from data_prep.inputs import (  # noqa: F401 - re-exported: the TFDS builder and
     valid_split_name,
     vocab_lookup,
 )
+from data_prep.shards import (
+    ARRAY_RECORD_OPTIONS,
+    STATE_DIR,
+    Shard,
+    ShardWriter,
+    atomic_write_text,
+    plan_shards,
+    write_labels_index,
+)
 
 CONVERTER_VERSION = "1"
-ARRAY_RECORD_OPTIONS = "group_size:1,uncompressed"
-STATE_DIR = ".convert"
 
 
 def _init_worker(cfg: ConvertConfig) -> None:
@@ -113,90 +120,6 @@ def _work(item: Item) -> list[tuple]:
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-@dataclasses.dataclass
-class Shard:
-    split: str
-    index: int
-    count: int
-    items: list[Item]
-
-    @property
-    def name(self) -> str:
-        return f"{self.split}.array_record-{self.index:05d}-of-{self.count:05d}"
-
-
-def plan_shards(items: Sequence[Item], shard_size: int) -> list[Shard]:
-    """Items keep their order within a split; splits are sorted by name."""
-    by_split: dict[str, list[Item]] = {}
-    for it in items:
-        by_split.setdefault(it.split, []).append(it)
-    shards = []
-    for split in sorted(by_split):
-        group = by_split[split]
-        n = max(1, math.ceil(len(group) / shard_size))
-        for i in range(n):
-            shards.append(Shard(split, i, n, group[i * shard_size:(i + 1) * shard_size]))
-    return shards
-
-
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_labels_index(out: pathlib.Path, split: str, parts: list[dict], complete: bool) -> None:
-    """`<split>.labels.npz` for balanced sampling; removed where it cannot be complete (missing
-    shards, or shards finished by a converter that did not record labels)."""
-    path = records.labels_index_path(out, split)
-    if not complete or any("labels" not in p for p in parts):
-        path.unlink(missing_ok=True)
-        return
-    parts = sorted(parts, key=lambda p: p["shard"])  # the pipeline's record order
-    names, labels = [p["shard"] for p in parts], [x for p in parts for x in p["labels"]]
-    old = records.read_labels_index(path, names)
-    if old is None or len(old) != len(labels):  # an up-to-date index is left untouched
-        records.write_labels_index(path, names, labels)
-
-
-class _ShardWriter:
-    """Collects one shard's results in order; writes `<name>.tmp`, then renames."""
-
-    def __init__(self, out_dir: pathlib.Path, shard: Shard):
-        from array_record.python.array_record_module import ArrayRecordWriter
-
-        self.out_dir, self.shard = out_dir, shard
-        self.tmp = out_dir / (shard.name + ".tmp")
-        self.writer = ArrayRecordWriter(str(self.tmp), ARRAY_RECORD_OPTIONS)
-        self.part = {"shard": shard.name, "split": shard.split, "num_records": 0, "ids": [],
-                     "failures": [], "silent_ids": [], "fbank_sum": 0.0, "fbank_sumsq": 0.0,
-                     "fbank_count": 0, "num_inputs": len(shard.items), "labels": []}
-
-    def add(self, item: Item, results: list[tuple]) -> None:
-        for res in results:
-            if res[0] == "ok":
-                _, clip_id, data, (s, ss, n), silent = res
-                self.writer.write(data)
-                self.part["num_records"] += 1
-                self.part["ids"].append(clip_id)
-                self.part["labels"].append(list(item.labels))
-                self.part["fbank_sum"] += s
-                self.part["fbank_sumsq"] += ss
-                self.part["fbank_count"] += n
-                if silent:
-                    self.part["silent_ids"].append(clip_id)
-            else:
-                self.part["failures"].append({"path": item.source, "id": item.id,
-                                              "split": item.split, "reason": res[1]})
-
-    def finish(self) -> dict:
-        self.writer.close()
-        _atomic_write_text(self.out_dir / STATE_DIR / (self.shard.name + ".json"),
-                           json.dumps(self.part, sort_keys=True))
-        os.replace(self.tmp, self.out_dir / self.shard.name)
-        return self.part
 
 
 def _results(pending: list[Shard], cfg: ConvertConfig, workers: int) -> Iterator[list[tuple]]:
@@ -338,11 +261,11 @@ def convert(input_path: str, output_dir: str, cfg: ConvertConfig, split: str = "
                 "folder, or delete the folder")
     state.mkdir(parents=True, exist_ok=True)
     if dataset is None:
-        _atomic_write_text(state / "dataset.json", json.dumps(
+        atomic_write_text(state / "dataset.json", json.dumps(
             {"converter_version": CONVERTER_VERSION, "config": cfg_doc, "labels": vocab,
              "labels_fixed": report["vocabulary_fixed"]}, indent=1, sort_keys=True) + "\n")
     for s, st in new_states.items():
-        _atomic_write_text(_split_state_path(out, s), json.dumps(st, sort_keys=True) + "\n")
+        atomic_write_text(_split_state_path(out, s), json.dumps(st, sort_keys=True) + "\n")
         for stale in out.glob(f"{s}.array_record-*.tmp"):
             stale.unlink()
 
@@ -358,7 +281,7 @@ def convert(input_path: str, output_dir: str, cfg: ConvertConfig, split: str = "
         bar = tqdm(total=total, unit="clip", desc="convert", file=sys.stderr, dynamic_ncols=True)
     results = _results(pending, cfg, workers)
     for sh in pending:
-        w = _ShardWriter(out, sh)
+        w = ShardWriter(out, sh)
         for it in sh.items:
             w.add(it, next(results))
             if bar is not None:
@@ -404,7 +327,7 @@ def convert(input_path: str, output_dir: str, cfg: ConvertConfig, split: str = "
         s["input"] = states[name]["input"]
         if name in incomplete:
             s["missing_shards"] = incomplete[name]
-        _write_labels_index(out, name, [p for p in parts if p["split"] == name],
+        write_labels_index(out, name, [p for p in parts if p["split"] == name],
                             complete=name not in incomplete)
     num_records = sum(s["num_records"] for s in splits.values())
     meta = {
@@ -428,7 +351,7 @@ def convert(input_path: str, output_dir: str, cfg: ConvertConfig, split: str = "
         "silent_ids": [i for p in parts for i in p["silent_ids"]],
         "silence_peak": SILENCE_PEAK,
     }
-    _atomic_write_text(out / "metadata.json",
+    atomic_write_text(out / "metadata.json",
                        json.dumps(meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     meta["_seconds"] = time.time() - t0
     meta["_converted_now"] = total
