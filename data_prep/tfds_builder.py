@@ -15,8 +15,8 @@ runs the same code in this process.
 
 Output: `DIR/cavmae_records[/NAME]/1.0.0/` with TFDS's `cavmae_records-<split>.array_record-*`
 shards, `dataset_info.json`, `features.json`, `metadata.json` (label vocabulary, settings, counts,
-fbank stats: the keys of convert's metadata.json) and `failures.jsonl` (one line per rejected
-input: path, id, split, reason). Per-clip failures are a side output of the pipeline, never a
+fbank stats: the keys of convert's metadata.json), `failures.jsonl` (one line per rejected
+input: path, id, split, reason) and `<split>.labels.npz` (convert's labels index). Per-clip failures are a side output of the pipeline, never a
 crash. TFDS builds in an `incomplete.*` folder and renames it when done; an existing dataset is
 reused as is (`--overwrite` rebuilds). Examples are stored in TFDS's hashed-key order.
 Read it with `tfds.data_source(...)`, `tfds.builder_from_directory(dir).as_data_source(split)`,
@@ -41,7 +41,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from cavmae_jax import audio, video
-from cavmae_jax.data import records
+from cavmae_jax.data import records, sampling, tfds_source
 from cavmae_jax.data.tfds_source import RecordSource
 from data_prep import convert
 
@@ -338,6 +338,23 @@ def open_records(dataset_dir: str, split: str = "train") -> RecordSource:
     return RecordSource(dataset_dir, split)  # cavmae_jax.data.tfds_source
 
 
+def write_labels_index(dataset_dir: Any, split: str, rewrite: bool = True,
+                       progress: bool = False) -> None:
+    """`<split>.labels.npz` beside the split's shards, as data_prep.convert writes it, so that
+    class-balanced sampling need not read every record when a run starts. TFDS picks the record
+    order, so the labels are read back from the built split once (with `rewrite` False, only if
+    the index is missing or written for other shards; only on local storage)."""
+    if "://" in str(dataset_dir):
+        print(f"note: no labels index on remote storage ({dataset_dir}); balanced sampling "
+              "will read the records' labels when a run starts", file=sys.stderr)
+        return
+    names = tfds_source.shard_names(dataset_dir, split)
+    path = records.labels_index_path(str(dataset_dir), split)
+    if rewrite or records.read_labels_index(path, names) is None:
+        labels = sampling.record_labels(RecordSource(str(dataset_dir), split), progress)
+        records.write_labels_index(path, names, labels)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -366,6 +383,8 @@ def build(source: Source, data_dir: str, cfg: convert.ConvertConfig, name: str |
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         beam_runner=beam_runner, beam_options=options, num_shards=num_shards,
         download_mode=mode))
+    for split in builder.info.splits:  # a fresh build always gets a fresh index
+        write_labels_index(builder.data_path, split, rewrite=overwrite or not exists)
     return builder
 
 

@@ -199,6 +199,8 @@ def test_balanced_sampling_draws_by_the_official_weights(data_dir, recs):
 def test_labels_index_spares_reading_every_record(data_dir, recs, tmp_path):
     """Balanced sampling takes the labels from convert's `<split>.labels.npz`, not the records."""
     shards = pipeline.shard_paths(data_dir, "train")
+    names = [pathlib.Path(p).name for p in shards]
+    index = records.labels_index_path(data_dir, "train")
     want = [r["labels"].tolist() for r in recs["train"]]
     assert any(len(x) > 1 for x in want)  # the multi-label clip
 
@@ -209,19 +211,14 @@ def test_labels_index_spares_reading_every_record(data_dir, recs, tmp_path):
         def __getitem__(self, i):
             raise AssertionError("read a record although the labels index exists")
 
-    assert [x.tolist() for x in sampling.split_labels(shards, Unread(), progress=False)] == want
-    # A folder without the index (converted before it existed): the records are read instead.
-    old = tmp_path / "old"
-    old.mkdir()
-    for p in shards:
-        (old / pathlib.Path(p).name).symlink_to(p)
-    old_shards = pipeline.shard_paths(old, "train")
-    got = sampling.split_labels(old_shards, grain.sources.ArrayRecordDataSource(old_shards),
-                                progress=False)
+    got = sampling.split_labels(index, names, Unread(), progress=False)
     assert [x.tolist() for x in got] == want
-    # An index written for other shards is not used.
-    index = records.labels_index_path(data_dir, "train")
-    assert records.read_labels_index(index, [pathlib.Path(shards[0]).name]) is None
+    # Without an index (a folder converted before it existed), or with one written for other
+    # shards, the records are read instead.
+    source = grain.sources.ArrayRecordDataSource(shards)
+    for stale_index, stale_names in ((tmp_path / "train.labels.npz", names), (index, names[:1])):
+        got = sampling.split_labels(stale_index, stale_names, source, progress=False)
+        assert [x.tolist() for x in got] == want
 
 
 def test_process_batches_concatenate_to_the_single_process_batch(data_dir):

@@ -15,7 +15,7 @@ pytest.importorskip("apache_beam", reason="needs the [beam] extra: pip install '
 
 from array_record.python.array_record_module import ArrayRecordReader  # noqa: E402
 
-from cavmae_jax.data import records  # noqa: E402
+from cavmae_jax.data import records, tfds_source  # noqa: E402
 from cavmae_jax.data import synthetic as synth  # noqa: E402
 from data_prep import convert, tfds_builder  # noqa: E402
 from data_prep import synthetic as prep  # noqa: E402
@@ -186,7 +186,15 @@ def test_pipelines_read_the_tfds_dataset(beam_built, local_cli):
     for clip_id, arrays in built.items():
         for got, want in zip(arrays, converted[clip_id], strict=True):
             np.testing.assert_array_equal(got, want)
-    # Training from it, class-balanced (no labels index there: the records are read).
+    # The build wrote the labels index that class-balanced sampling reads.
+    names = tfds_source.shard_names(beam_built.data_path, "train")
+    assert names and all(n.startswith("cavmae_records-train.array_record-") for n in names)
+    index = records.read_labels_index(records.labels_index_path(beam_built.data_path, "train"),
+                                      names)
+    src = tfds_source.RecordSource(beam_built.data_path, "train")
+    assert [x.tolist() for x in index] == [
+        records.decode(src[i], decode_frames=False)["labels"].tolist() for i in range(len(src))]
+    # Training from it, class-balanced.
     batch = next(pipeline.make_train_iterator(
         beam_built.data_path, "train", global_batch_size=2, seed=0, process_index=0,
         process_count=1, balanced_sampling=True, window_length=256))

@@ -367,8 +367,12 @@ def train_dataset(data_dir: str | os.PathLike, split: str = "train", *, global_b
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     reader, n = _reader(data_dir, split, cfg)
     if cfg.balanced_sampling:  # N weighted draws with replacement per epoch (AS-2M, VGGSound)
-        shards = [] if tfds_source.is_tfds_dataset(data_dir) else shard_paths(data_dir, split)
-        labels = sampling.split_labels(shards, reader.source, progress=p == 0)
+        if tfds_source.is_tfds_dataset(data_dir):
+            names = tfds_source.shard_names(data_dir, split)
+        else:
+            names = [pathlib.Path(x).name for x in shard_paths(data_dir, split)]
+        labels = sampling.split_labels(records.labels_index_path(data_dir, split), names,
+                                       reader.source, progress=p == 0)
         weights = sampling.class_balanced_weights(labels, reader.num_classes)
         ds = sampling.WeightedEpochs(weights, seed, num_epochs)
     else:  # every clip once per epoch, in a new order each epoch

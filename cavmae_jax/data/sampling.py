@@ -37,25 +37,20 @@ def class_balanced_weights(labels: Sequence[Sequence[int]], num_classes: int) ->
     return weights
 
 
-def split_labels(shard_paths: Sequence[str], source: Sequence[bytes], progress: bool = True
-                 ) -> list[np.ndarray]:
+def split_labels(index: pathlib.Path, shard_names: Sequence[str], source: Sequence[bytes],
+                 progress: bool = True) -> list[np.ndarray]:
     """The class indices of every record of a split, in record order.
 
-    From the split's labels index (`<split>.labels.npz`, written by data_prep.convert) when it
-    matches `shard_paths`; otherwise (folders converted before the index existed; no shard paths,
-    as for a TFDS dataset) by reading every record of `source` (0.3 ms a record: minutes for
-    AS-2M, on every start).
+    From the split's labels index (`<split>.labels.npz`, written by data_prep.convert and
+    data_prep.tfds_builder) when it was written for `shard_names`; otherwise (e.g. a folder
+    converted before the index existed) by reading every record of `source` (0.3 ms a record:
+    minutes for AS-2M, on every start).
     """
-    shard_paths = [pathlib.Path(p) for p in shard_paths]
-    if shard_paths:
-        split = shard_paths[0].name.split(".array_record-")[0]
-        index = records.labels_index_path(shard_paths[0].parent, split)
-        labels = records.read_labels_index(index, [p.name for p in shard_paths])
-        if labels is not None and len(labels) == len(source):
-            return labels
-        logging.info("%s is missing or stale: reading the labels of all %d records for "
-                     "balanced sampling (rerun data_prep.convert on the folder to write it)",
-                     index, len(source))
+    labels = records.read_labels_index(index, shard_names)
+    if labels is not None and len(labels) == len(source):
+        return labels
+    logging.info("%s is missing or stale: reading the labels of all %d records for balanced "
+                 "sampling (rerunning data_prep on the same input writes it)", index, len(source))
     return record_labels(source, progress)
 
 

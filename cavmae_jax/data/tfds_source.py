@@ -19,6 +19,11 @@ def is_tfds_dataset(data_dir: str | os.PathLike) -> bool:
     return (pathlib.Path(data_dir) / "dataset_info.json").exists()
 
 
+def shard_names(dataset_dir: str | os.PathLike, split: str) -> list[str]:
+    """The split's TFDS shard files (`<name>-<split>.array_record-xxxxx-of-yyyyy`), in order."""
+    return sorted(p.name for p in pathlib.Path(dataset_dir).glob(f"*-{split}.array_record-*"))
+
+
 class RecordSource:
     """One split of a built dataset as a Grain data source of record bytes (`records.decode`).
 
