@@ -16,9 +16,10 @@ runs the same code in this process.
 Output: `DIR/cavmae_records[/NAME]/1.0.0/` with TFDS's `cavmae_records-<split>.array_record-*`
 shards, `dataset_info.json`, `features.json`, `metadata.json` (label vocabulary, settings, counts,
 fbank stats: the keys of convert's metadata.json), `failures.jsonl` (one line per rejected
-input: path, id, split, reason) and `<split>.labels.npz` (convert's labels index). Per-clip failures are a side output of the pipeline, never a
-crash. TFDS builds in an `incomplete.*` folder and renames it when done; an existing dataset is
-reused as is (`--overwrite` rebuilds). Examples are stored in TFDS's hashed-key order.
+input: path, id, split, reason) and `<split>.labels.npz` (convert's labels index). Per-clip
+failures are a side output of the pipeline, never a crash. TFDS builds in an `incomplete.*`
+folder and renames it when done; an existing dataset is reused as is (`--overwrite` rebuilds).
+Examples are stored in TFDS's hashed-key order.
 Read it with `tfds.data_source(...)`, `tfds.builder_from_directory(dir).as_data_source(split)`,
 or `open_records(dir, split)` (a Grain source of record bytes); the training and evaluation
 pipelines read the versioned folder directly (`--config.data.dir=DIR/cavmae_records/NAME/1.0.0`).

@@ -199,6 +199,10 @@ def test_pipelines_read_the_tfds_dataset(beam_built, local_cli):
         beam_built.data_path, "train", global_batch_size=2, seed=0, process_index=0,
         process_count=1, balanced_sampling=True, window_length=256))
     assert batch["audio"].shape == (2, 256, 128) and batch["video"].shape == (2, 224, 224, 3)
+    root = beam_built.data_path.parent.parent.parent  # the --data_dir given to the builder
+    with pytest.raises(FileNotFoundError, match="use its versioned folder: .*beam/1.0.0"):
+        pipeline.make_eval_iterator(root, "train", global_batch_size=2, process_index=0,
+                                    process_count=1)
     with pytest.raises(FileNotFoundError, match="no split 'val'.*test, train"):
         pipeline.make_eval_iterator(beam_built.data_path, "val", global_batch_size=2,
                                     process_index=0, process_count=1)

@@ -59,7 +59,13 @@ def load_metadata(data_dir: str | os.PathLike) -> dict[str, Any]:
     """`DIR/metadata.json` written by data_prep.convert (or data_prep.tfds_builder)."""
     path = pathlib.Path(data_dir) / "metadata.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {data_dir} a data_prep.convert output?")
+        # A TFDS build's root or dataset folder instead of its versioned folder?
+        builds = sorted(str(p.parent) for p in pathlib.Path(data_dir).glob("**/dataset_info.json")
+                        if (p.parent / "metadata.json").exists())[:3]
+        hint = (f"; for a TFDS build use its versioned folder: {', '.join(builds)}" if builds
+                else "")
+        raise FileNotFoundError(f"{path} not found: data.dir must be a data_prep.convert output "
+                                f"or a data_prep.tfds_builder build{hint}")
     return json.loads(path.read_text())
 
 
