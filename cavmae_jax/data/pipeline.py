@@ -60,8 +60,9 @@ def load_metadata(data_dir: str | os.PathLike) -> dict[str, Any]:
     path = pathlib.Path(data_dir) / "metadata.json"
     if not path.exists():
         # A TFDS build's root or dataset folder instead of its versioned folder?
-        builds = sorted(str(p.parent) for p in pathlib.Path(data_dir).glob("**/dataset_info.json")
-                        if (p.parent / "metadata.json").exists())[:3]
+        found = [p for depth in (1, 2, 3)  # DIR/cavmae_records[/NAME]/1.0.0
+                 for p in pathlib.Path(data_dir).glob("*/" * depth + "dataset_info.json")]
+        builds = sorted(str(p.parent) for p in found if (p.parent / "metadata.json").exists())[:3]
         hint = (f"; for a TFDS build use its versioned folder: {', '.join(builds)}" if builds
                 else "")
         raise FileNotFoundError(f"{path} not found: data.dir must be a data_prep.convert output "
