@@ -75,10 +75,12 @@ def model_config(arch: str, size: str, dtype: str, audio_length: int | None,
 
 
 # ----------------------------------------------------------------------------- analytic FLOPs
-def _block_flops(tokens: int, dim: int, mlp_ratio: float) -> int:
-    """2 * MACs of one ViT block on `tokens` tokens: qkv, QK^T, AV, proj, fc1, fc2."""
+def _block_flops(tokens: int, dim: int, mlp_ratio: float, queries: int | None = None) -> int:
+    """2 * MACs of one ViT block on `tokens` tokens: qkv, QK^T, AV, proj, fc1, fc2; with
+    `queries` (`Block.first_tokens`), outputs for only that many tokens (qkv still for all)."""
     n, d = tokens, dim
-    macs = n * d * 3 * d + 2 * n * n * d + n * d * d + 2 * n * d * int(d * mlp_ratio)
+    q = n if queries is None else queries
+    macs = n * d * 3 * d + 2 * q * n * d + q * d * d + 2 * q * d * int(d * mlp_ratio)
     return 2 * macs
 
 
@@ -88,14 +90,18 @@ def analytic_flops(c: ModelConfig) -> dict[str, int]:
     la, lv = c.num_patches_a, c.num_patches_v
     ka, kv = masking.num_kept(la, c.mask_ratio_a), masking.num_kept(lv, c.mask_ratio_v)
     g, r = int(c.global_tokens), c.num_register_tokens
-    blk = lambda n, dim: _block_flops(n, dim, c.mlp_ratio)
+    blk = lambda n, dim, q=None: _block_flops(n, dim, c.mlp_ratio, q)
     heads = 2 if c.contrastive_heads else 0
+    # The modality passes' last block computes only the global token when nothing else is used
+    # (CAVMAE._modality_joint's global_only).
+    last = 1 if c.global_tokens and not c.global_local_losses else None
+    modality_pass = lambda n: ((c.joint_depth + heads - 1) * blk(n, d) + blk(n, d, last))
     parts = {
         "patch_embed": 2 * (la * p * p * 1 + lv * p * p * c.in_chans) * d,
         "encoder_a": c.modality_specific_depth * blk(g + ka + r, d),
         "encoder_v": c.modality_specific_depth * blk(g + kv + r, d),
         "joint_av": c.joint_depth * blk(ka + kv, d),
-        "joint_a_v": (c.joint_depth + heads) * (blk(g + ka, d) + blk(g + kv, d)),
+        "joint_a_v": modality_pass(g + ka) + modality_pass(g + kv),
         "decoder": (2 * (ka + kv) * d * dd + c.decoder_depth * blk(la + lv, dd)
                     + 2 * dd * (la * p * p + lv * p * p * c.in_chans)),
     }

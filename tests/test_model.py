@@ -108,6 +108,36 @@ def test_remat_and_fused_attention_match_the_plain_model():
             np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4, err_msg=str(variant))
 
 
+@pytest.mark.parametrize("overrides", [dict(), dict(contrastive_heads=True, joint_depth=2)])
+def test_global_token_only_modality_passes_match_the_full_passes(overrides):
+    """Sync pretraining computes only the global token in the modality passes' last block; the
+    loss and every gradient equal the full passes' (taken when intermediates are collected)."""
+    model, params = make(arch="sync", num_register_tokens=2, **overrides)
+    args = inputs(model.config)
+
+    def loss(p, full):
+        out, _ = model.apply({"params": p}, *args, method=CAVMAE.pretrain,
+                             mutable=["intermediates"] if full else [])
+        return out["loss"]
+
+    fast, fast_grads = jax.jit(jax.value_and_grad(lambda p: loss(p, False)))(params)
+    full, full_grads = jax.jit(jax.value_and_grad(lambda p: loss(p, True)))(params)
+    np.testing.assert_allclose(fast, full, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(full_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # The block method behind it: the first Q tokens of the full output, for both attentions.
+    from cavmae_jax.models.layers import Block
+
+    x = jax.random.normal(jax.random.key(3), (2, 7, 32))
+    for impl in ("xla", "fused"):
+        blk = Block(num_heads=2, attention_impl=impl)
+        p = blk.init(jax.random.key(4), x)
+        full_out = blk.apply(p, x, "a")
+        first = blk.apply(p, x, "a", 2, method=Block.first_tokens)
+        assert first.shape == (2, 2, 32)
+        np.testing.assert_allclose(first, full_out[:, :2], rtol=1e-5, atol=1e-6)
+
+
 def test_bfloat16_compute_keeps_float32_params_and_stays_close():
     model, params = make(arch="sync", num_register_tokens=2)
     args = inputs(model.config)

@@ -36,23 +36,27 @@ class Attention(nn.Module):
     impl: str = "xla"  # "xla": `softmax_attention` below; "fused": jax.nn.dot_product_attention
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # [B, N, D] -> [B, N, D]
+    def __call__(self, x: jax.Array, num_queries: int | None = None) -> jax.Array:
+        """[B, N, D] -> [B, N, D], or [B, Q, D] for the first Q = `num_queries` tokens only
+        (they still attend to all N: the same values as the first Q rows of the full output)."""
         b, n, d = x.shape
+        nq = n if num_queries is None else num_queries
         head_dim = d // self.num_heads
         qkv = dense(3 * d, "qkv", self.dtype)(x)
         # Rows [0:D], [D:2D], [2D:3D] of the torch weight are q, k, v; heads are contiguous.
         qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
         scale = head_dim**-0.5
         if self.impl == "fused":
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, Dh]
-            out = jax.nn.dot_product_attention(q, k, v, scale=scale)  # [B, N, H, Dh]
+            q, k, v = qkv[:, :nq, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, Q|N, H, Dh]
+            out = jax.nn.dot_product_attention(q, k, v, scale=scale)  # [B, Q, H, Dh]
         elif self.impl == "xla":
             q, k, v = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # each [B, H, N, Dh]
-            out = softmax_attention(q * jnp.asarray(scale, q.dtype), k, v)  # [B, H, N, Dh]
-            out = jnp.transpose(out, (0, 2, 1, 3))  # [B, N, H, Dh]
+            q = q[:, :, :nq]  # [B, H, Q, Dh]
+            out = softmax_attention(q * jnp.asarray(scale, q.dtype), k, v)  # [B, H, Q, Dh]
+            out = jnp.transpose(out, (0, 2, 1, 3))  # [B, Q, H, Dh]
         else:
             raise ValueError(f"unknown attention impl {self.impl!r}; use 'xla' or 'fused'")
-        out = out.reshape(b, n, d)
+        out = out.reshape(b, nq, d)
         return dense(d, "proj", self.dtype)(out)
 
 
@@ -143,6 +147,15 @@ class Block(nn.Module):
         self.mlp = Mlp(self.mlp_ratio, self.dtype, name="mlp")
 
     def __call__(self, x: jax.Array, modality: str | None = None) -> jax.Array:  # [B, N, D]
+        return self._apply(x, modality, None)
+
+    def first_tokens(self, x: jax.Array, modality: str | None, num_queries: int) -> jax.Array:
+        """[B, N, D] -> [B, Q, D]: only the first Q tokens' outputs, the same values as
+        `self(x, modality)[:, :Q]` (they still attend to all N tokens), for passes that use
+        nothing else. Not rematerialized under `ModelConfig.remat` (one block)."""
+        return self._apply(x, modality, num_queries)
+
+    def _apply(self, x: jax.Array, modality: str | None, num_queries: int | None) -> jax.Array:
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         if self.is_initializing():
@@ -154,7 +167,8 @@ class Block(nn.Module):
         suffix = "" if modality is None else f"_{modality}"
         norm1 = getattr(self, f"norm1{suffix}")
         norm2 = getattr(self, f"norm2{suffix}")
-        x = x + self.attn(norm1(x))
+        h = self.attn(norm1(x), num_queries)
+        x = (x if num_queries is None else x[:, :num_queries]) + h
         return x + self.mlp(norm2(x))
 
 
