@@ -10,6 +10,7 @@ Data flow (official token order; audio is [B, T, 128] time-major, video [B, H, W
   joint pass 1: blocks_u on [audio patches, video patches] (joint norms) -> norm -> decoder
   joint pass 2/3: blocks_u on each modality with its own norms (+ optional contrastive heads)
                   -> norm_a / norm_v -> global token (Sync) or token mean (CAV-MAE) -> InfoNCE
+                  (Sync pretraining: the last block computes the global token only)
 
 One deliberate difference: with joint_depth > 1 the joint blocks are applied cumulatively in the
 modality passes; the official loop (`for blk in blocks_u: ca = blk(a, 'a')`) keeps only the last
