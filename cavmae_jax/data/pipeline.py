@@ -131,9 +131,10 @@ def _window_table(num_frames: int, window_length: int, total: int) -> np.ndarray
 class _ClipReader:
     """Reads one record and turns it into model inputs; shared by all modes (picklable)."""
 
-    def __init__(self, source: grain.sources.ArrayRecordDataSource, num_classes: int,
+    def __init__(self, source: Any, shard_names: list[str], num_classes: int,
                  config: PipelineConfig, mean: float, std: float):
-        self.source = source
+        self.source = source  # record bytes by index (ArrayRecord, or a TFDS build)
+        self.shard_names = shard_names  # the files behind it, in record order
         self.num_classes = num_classes
         self.config = config
         self.mean = mean
@@ -300,12 +301,20 @@ def _reader(data_dir: str | os.PathLike, split: str, config: PipelineConfig
     if config.window_length > target:
         raise ValueError(f"window_length {config.window_length} > the records' fbank length "
                          f"{target}")
-    if tfds_source.is_tfds_dataset(data_dir):  # built by data_prep.tfds_builder
-        source = tfds_source.RecordSource(data_dir, split)
-    else:
-        source = grain.sources.ArrayRecordDataSource(shard_paths(data_dir, split))
+    source, names = open_split(data_dir, split)
     mean, std = audio_stats(config, meta)
-    return _ClipReader(source, int(meta.get("num_classes", 0)), config, mean, std), len(source)
+    reader = _ClipReader(source, names, int(meta.get("num_classes", 0)), config, mean, std)
+    return reader, len(source)
+
+
+def open_split(data_dir: str | os.PathLike, split: str) -> tuple[Any, list[str]]:
+    """(Grain source of the split's record bytes, its shard file names in record order), from a
+    data_prep.convert folder or a data_prep.tfds_builder build."""
+    if tfds_source.is_tfds_dataset(data_dir):
+        return (tfds_source.RecordSource(data_dir, split),
+                tfds_source.shard_names(data_dir, split))
+    paths = shard_paths(data_dir, split)
+    return grain.sources.ArrayRecordDataSource(paths), [pathlib.Path(x).name for x in paths]
 
 
 def _finish(ds: grain.MapDataset, config: PipelineConfig) -> grain.IterDataset:
@@ -374,12 +383,8 @@ def train_dataset(data_dir: str | os.PathLike, split: str = "train", *, global_b
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     reader, n = _reader(data_dir, split, cfg)
     if cfg.balanced_sampling:  # N weighted draws with replacement per epoch (AS-2M, VGGSound)
-        if tfds_source.is_tfds_dataset(data_dir):
-            names = tfds_source.shard_names(data_dir, split)
-        else:
-            names = [pathlib.Path(x).name for x in shard_paths(data_dir, split)]
-        labels = sampling.split_labels(records.labels_index_path(data_dir, split), names,
-                                       reader.source, progress=p == 0)
+        labels = sampling.split_labels(records.labels_index_path(data_dir, split),
+                                       reader.shard_names, reader.source, progress=p == 0)
         weights = sampling.class_balanced_weights(labels, reader.num_classes)
         ds = sampling.WeightedEpochs(weights, seed, num_epochs)
     else:  # every clip once per epoch, in a new order each epoch
