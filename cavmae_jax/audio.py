@@ -8,13 +8,16 @@ The fbank reproduces what the official CAV-MAE / CAV-MAE Sync data loaders compu
 
 on a mean-removed waveform, written formula by formula in numpy so that no torch is needed.
 `load_audio` decodes any file (audio or a video's audio track) to mono float32 at 16 kHz the way
-the official extraction does (`ffmpeg -ar 16000` then `sox remix 1`: first channel).
+the official extraction does (`ffmpeg -ar 16000` to a 16-bit WAV, then `sox remix 1`: first
+channel), rounding to 16-bit PCM as that WAV does; `stream_audio` yields the same samples in
+chunks, so that long inputs are decoded in bounded memory.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -167,75 +170,147 @@ def _pick_channel(x: np.ndarray, mix: str) -> np.ndarray:
     raise ValueError(f"mix must be 'first' or 'mean', got {mix!r}")
 
 
-def _load_soundfile(path: str) -> tuple[np.ndarray, int]:
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+    """Rounds [-1, 1] float samples to 16-bit PCM and back (k / 32768), as the official path does.
+
+    The official extraction writes a 16-bit WAV (`ffmpeg -ar 16000`: float -> int16 with
+    round-to-nearest and clipping, no dither) that `torchaudio.load` reads back as int16 / 32768.
+    Float32 in, float32 out (every value exact).
+    """
+    x = np.asarray(x, np.float32)
+    q = np.clip(np.rint(x * np.float32(32768.0)), -32768.0, 32767.0)
+    return (q / np.float32(32768.0)).astype(np.float32, copy=False)
+
+
+_BLOCK_SECONDS = 10.0  # decode / resample granularity of `stream_audio` (bounds its memory)
+
+
+def _soundfile_chunks(path: str) -> tuple[Iterator[np.ndarray], int] | None:
+    """([channels, n] float32 blocks, rate) read with soundfile, or None when it cannot open it."""
     import soundfile as sf
 
-    data, sr = sf.read(path, dtype="float32", always_2d=True)  # [n, channels]
-    return np.ascontiguousarray(data.T), int(sr)
+    try:
+        f = sf.SoundFile(path)
+        rate = int(f.samplerate)
+    except Exception:  # noqa: BLE001 - an odd codec inside a wav/ogg: let FFmpeg try.
+        return None
+
+    def blocks() -> Iterator[np.ndarray]:
+        with f:
+            size = max(1, int(rate * _BLOCK_SECONDS))
+            for block in f.blocks(blocksize=size, dtype="float32", always_2d=True):
+                yield np.ascontiguousarray(block.T)  # [channels, n]
+
+    return blocks(), rate
 
 
-def _load_pyav(path: str, sample_rate: int | None) -> tuple[np.ndarray, int]:
-    """Decode the first audio stream with FFmpeg's resampler (same as `ffmpeg -ar`)."""
+def _pyav_chunks(path: str, sample_rate: int) -> Iterator[np.ndarray]:
+    """[channels, n] float32 chunks of the first audio stream, resampled by FFmpeg (`ffmpeg -ar`).
+
+    Frame by frame: FFmpeg's resampler is streaming, so the samples are exactly those of one
+    resampling call over the whole track, and only one frame is held at a time.
+    """
     import av
 
     with av.open(path) as container:
         if not container.streams.audio:
             raise ValueError("no audio stream")
         stream = container.streams.audio[0]
-        rate = sample_rate or stream.rate or stream.codec_context.sample_rate
-        resampler = av.AudioResampler(format="fltp", rate=rate)
-        chunks = []
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
         for frame in container.decode(stream):
             for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray())
+                yield out.to_ndarray()
         for out in resampler.resample(None):
-            chunks.append(out.to_ndarray())
-    if not chunks:
-        raise ValueError("audio stream has no decodable samples")
-    # Channel counts are fixed by the resampler's output layout, so concatenation is safe.
-    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), int(rate)
+            yield out.to_ndarray()
 
 
-def _resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """High-quality resampling (soxr 'HQ' = librosa's default 'soxr_hq'), [n] -> [m]."""
+def _resampled(chunks: Iterator[np.ndarray], orig_sr: int, target_sr: int) -> Iterator[np.ndarray]:
+    """Mono chunks resampled with soxr 'HQ' (librosa's default 'soxr_hq') in a stream: the
+    output equals one `soxr.resample` call over the concatenated input."""
     try:
         import soxr  # librosa's own backend; calling it directly skips librosa's slow first call
     except ImportError:  # pragma: no cover
         import librosa
 
-        return librosa.resample(x, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq")
-    return soxr.resample(x, orig_sr, target_sr, quality="HQ")
+        x = np.concatenate(list(chunks))
+        yield librosa.resample(x, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq")
+        return
+    rs = soxr.ResampleStream(orig_sr, target_sr, 1, dtype="float32", quality="HQ")
+    for chunk in chunks:
+        out = rs.resample_chunk(np.ascontiguousarray(chunk, np.float32), last=False)
+        if out.size:
+            yield out
+    out = rs.resample_chunk(np.zeros(0, np.float32), last=True)
+    if out.size:
+        yield out
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
-               mix: Literal["first", "mean"] = "first") -> np.ndarray:
-    """Decodes an audio file or a video's audio track to mono float32 in [-1, 1] at `sample_rate`.
+def stream_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
+                 mix: Literal["first", "mean"] = "first", pcm16: bool = True
+                 ) -> Iterator[np.ndarray]:
+    """Decodes an audio file or a video's audio track as consecutive mono float32 chunks.
 
-    Standalone wav/flac/ogg files are read with soundfile and resampled with soxr (librosa's
-    default 'soxr_hq');
-    everything else (mp4, mkv, webm, mp3, ...) is decoded and resampled by PyAV's FFmpeg, as the
-    official `ffmpeg -ar 16000` extraction does. The mean is NOT removed here.
-
-    Returns:
-      [n] float32.
+    The concatenated chunks are exactly what `load_audio` returns, but the track is decoded,
+    downmixed, resampled and rounded a piece at a time, so memory does not grow with its length
+    and a consumer can stop early (closing the generator closes the file).
 
     Raises:
       ValueError: no audio stream or no samples; av/soundfile errors for unreadable files.
     """
     path = os.fspath(path)
-    data = None
-    if path.lower().endswith(_SOUNDFILE_EXTS):
-        try:
-            data, sr = _load_soundfile(path)
-        except Exception:  # noqa: BLE001 - an odd codec inside a wav/ogg: let FFmpeg try.
-            data = None
-        if data is not None:
-            mono = _pick_channel(data, mix)
-            if sr != sample_rate:
-                mono = _resample(mono, sr, sample_rate)
-            return np.ascontiguousarray(mono, dtype=np.float32)
-    data, _ = _load_pyav(path, sample_rate)
-    return np.ascontiguousarray(_pick_channel(data, mix), dtype=np.float32)
+    if mix not in ("first", "mean"):
+        raise ValueError(f"mix must be 'first' or 'mean', got {mix!r}")
+    opened = _soundfile_chunks(path) if path.lower().endswith(_SOUNDFILE_EXTS) else None
+    if opened is not None:
+        blocks, sr = opened
+        mono = (_pick_channel(b, mix) for b in blocks)
+        if sr != sample_rate:
+            mono = _resampled(mono, sr, sample_rate)
+    else:
+        mono = (_pick_channel(c, mix) for c in _pyav_chunks(path, sample_rate))
+    total = 0
+    for chunk in mono:
+        if not chunk.size:
+            continue
+        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+        total += chunk.shape[0]
+        yield to_pcm16(chunk) if pcm16 else chunk
+    if total == 0:
+        raise ValueError("audio stream has no decodable samples")
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
+               mix: Literal["first", "mean"] = "first", pcm16: bool = True,
+               max_samples: int | None = None) -> np.ndarray:
+    """Decodes an audio file or a video's audio track to mono float32 in [-1, 1] at `sample_rate`.
+
+    Standalone wav/flac/ogg files are read with soundfile and resampled with soxr (librosa's
+    default 'soxr_hq'); everything else (mp4, mkv, webm, mp3, ...) is decoded and resampled by
+    PyAV's FFmpeg, as the official `ffmpeg -ar 16000` extraction does. With `pcm16` the samples
+    are rounded to 16-bit PCM like the official 16-bit WAV (`to_pcm16`). With `max_samples`
+    decoding stops after that many samples (the rest of a long file is never read). The mean is
+    NOT removed here.
+
+    Returns:
+      [n] float32, n <= max_samples.
+
+    Raises:
+      ValueError: no audio stream or no samples; av/soundfile errors for unreadable files.
+    """
+    chunks, total = [], 0
+    stream = stream_audio(path, sample_rate, mix, pcm16)
+    try:
+        for chunk in stream:
+            chunks.append(chunk)
+            total += chunk.shape[0]
+            if max_samples is not None and total >= max_samples:
+                break
+    finally:
+        stream.close()
+    wave = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    if max_samples is not None:
+        wave = wave[:max_samples]
+    return np.ascontiguousarray(wave, dtype=np.float32)
 
 
 def wave_to_fbank(wave: np.ndarray, sample_rate: int = SAMPLE_RATE,

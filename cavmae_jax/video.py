@@ -6,12 +6,16 @@ int(k * (n / N)); the official code then seeks OpenCV to `index - 1` before read
 actually stored is max(index - 1, 0). We reproduce that, counting frames in decode order (what
 OpenCV's CAP_PROP_POS_FRAMES counts) instead of seeking, which is exact and robust to bad
 keyframe indexes. The image is resized so that its shorter side is 224 (bilinear, as
-torchvision's `Resize(224)` on a PIL image) and center-cropped to 224x224.
+torchvision's `Resize(224)` on a PIL image) and center-cropped to 224x224, and stored as a JPEG
+of quality 75 (what the official `torchvision.utils.save_image` writes: PIL's default). A container
+that stores no frame count gets OpenCV's estimate, round(duration x fps), as the official
+extraction's `CAP_PROP_FRAME_COUNT` does.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +27,8 @@ IMAGE_SIZE = 224
 CLIP_SECONDS = 10.0
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-JPEG_QUALITY = 90
+JPEG_QUALITY = 75  # PIL's default, what the official save_image writes
+FRAME_COUNT_MODES = ("opencv", "packets")
 
 
 def official_frame_indices(frame_count: int, fps: float, num_frames: int = 16,
@@ -99,7 +104,7 @@ def normalize_image(frames: np.ndarray) -> np.ndarray:
 class VideoInfo:
     """What the container says about the first video stream."""
 
-    frame_count: int  # from the container, or counted packets when the container has none
+    frame_count: int  # from the container, else estimated (OpenCV) or counted (see `probe`)
     fps: float
     width: int
     height: int
@@ -107,10 +112,31 @@ class VideoInfo:
     has_audio: bool
 
 
-def probe(path: str | os.PathLike) -> VideoInfo:
-    """Reads stream metadata; counts video packets when the container has no frame count."""
+def _opencv_frame_estimate(c, v) -> int:
+    """OpenCV's CAP_PROP_FRAME_COUNT without nb_frames: floor(duration x fps + 0.5), or 0.
+
+    Duration is the container's (else the stream's); fps is FFmpeg's guessed frame rate, as
+    OpenCV's CAP_PROP_FPS.
+    """
+    seconds = c.duration / 1e6 if c.duration else 0.0
+    if seconds <= 0.0 and v.duration and v.time_base:
+        seconds = float(v.duration * v.time_base)
+    rate = v.guessed_rate or v.average_rate or v.base_rate
+    fps = float(rate) if rate else 0.0
+    if seconds <= 0.0 or fps <= 0.0:
+        return 0
+    return int(math.floor(seconds * fps + 0.5))
+
+
+def probe(path: str | os.PathLike, frame_count: str = "opencv") -> VideoInfo:
+    """Reads stream metadata. A container without a frame count gets OpenCV's estimate
+    round(duration x fps) (`frame_count="opencv"`, as the official extraction sees it), or its
+    video packets counted (`"packets"`; also the fallback when the duration is unknown).
+    """
     import av
 
+    if frame_count not in FRAME_COUNT_MODES:
+        raise ValueError(f"frame_count must be one of {FRAME_COUNT_MODES}, got {frame_count!r}")
     with av.open(os.fspath(path)) as c:
         if not c.streams.video:
             raise ValueError("no video stream")
@@ -119,6 +145,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         fps = float(rate) if rate else 0.0
         duration = float(c.duration / 1e6) if c.duration else 0.0
         count = int(v.frames or 0)
+        if count <= 0 and frame_count == "opencv":
+            count = _opencv_frame_estimate(c, v)
         if count <= 0:
             count = sum(1 for p in c.demux(v) if p.size)
         if fps <= 0.0 and duration > 0.0:

@@ -39,6 +39,8 @@ class ConvertConfig:
     mix: str = "first"
     split_long: bool = False
     sample_rate: int = audio.SAMPLE_RATE
+    pcm16: bool = True  # round the 16 kHz waveform to 16-bit PCM, as the official 16-bit WAV
+    frame_count: str = "opencv"  # no count in the container: "opencv" estimate or "packets"
 
 
 def _check_file(path: str, what: str) -> None:
@@ -66,7 +68,7 @@ def _media_error(e: Exception, what: str) -> ClipError:
 
 def _load_wave(path: str, cfg: ConvertConfig) -> np.ndarray:
     try:
-        return audio.load_audio(path, cfg.sample_rate, cfg.mix)
+        return audio.load_audio(path, cfg.sample_rate, cfg.mix, cfg.pcm16)
     except Exception as e:  # noqa: BLE001 - every decoder error becomes a failure reason
         raise _media_error(e, "audio") from None
 
@@ -112,7 +114,7 @@ def process_clip(item: Item, cfg: ConvertConfig) -> list[dict[str, Any]]:
     if visual is not None:
         _check_file(visual, "video")
         try:
-            info = video.probe(visual)
+            info = video.probe(visual, cfg.frame_count)
         except Exception as e:  # noqa: BLE001
             raise _media_error(e, "video") from None
         if info.frame_count <= 0 or info.fps <= 0:

@@ -3,7 +3,8 @@
     python -m data_prep.convert --input PATH --output DIR [--labels CSV] [--vocabulary CSV]
         [--split NAME] [--holdout FRACTION --holdout_split NAME] [--workers N]
         [--num_frames 16] [--window_length 416] [--target_length 1024] [--mix first|mean]
-        [--split_long] [--clip_seconds 10] [--shard_size 1024] [--strict]
+        [--split_long] [--clip_seconds 10] [--jpeg_quality 75] [--no_pcm16]
+        [--frame_count opencv|packets] [--shard_size 1024] [--strict]
 
 Inputs (PATH):
   * a folder: every video file under it (recursive; by extension, see VIDEO_EXTS), id = path
@@ -41,9 +42,11 @@ shares the settings and the label vocabulary; a new input whose label names are 
 vocabulary is refused (pass `--vocabulary`, or convert all splits in one run). Reconverting a
 split from other inputs is refused too (use a new DIR).
 
-Per clip (`data_prep.clips`; the official recipe, spec §3 and §1.6): decode audio, first channel
-(`--mix`), resample to 16 kHz, remove the mean, Kaldi fbank, pad/cut to `target_length`; the
-window table; N frames at the official indices, shorter side -> 224 + center crop, JPEG. Clips
+Per clip (`data_prep.clips`; the official recipe): decode audio, first channel (`--mix`),
+resample to 16 kHz, round to 16-bit PCM (`--no_pcm16` keeps floats), remove the mean, Kaldi
+fbank, pad/cut to `target_length`; the window table; N frames at the official indices (a
+container without a frame count: OpenCV's round(duration x fps), `--frame_count`), shorter side
+-> 224 + center crop, JPEG quality 75 (`--jpeg_quality`). Clips
 shorter than 10 s are zero-padded in the fbank (log) domain exactly as the official loader does;
 audio with fewer than 400 samples (one 25 ms frame) yields no fbank frame at all and is REJECTED
 to failures.jsonl (the official loader would silently substitute an all-zero fbank). With
@@ -390,8 +393,17 @@ def add_clip_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--target_length", type=int, default=d.target_length)
     ap.add_argument("--clip_seconds", type=float, default=d.clip_seconds)
     ap.add_argument("--image_size", type=int, default=d.image_size)
-    ap.add_argument("--jpeg_quality", type=int, default=d.jpeg_quality)
+    ap.add_argument("--jpeg_quality", type=int, default=d.jpeg_quality,
+                    help="JPEG quality of the stored frames (75: what the official frame "
+                         "extraction's save_image writes; 90 was this tool's earlier default)")
     ap.add_argument("--mix", choices=("first", "mean"), default=d.mix)
+    ap.add_argument("--no_pcm16", dest="pcm16", action="store_false",
+                    help="keep the float waveform instead of rounding it to 16-bit PCM (the "
+                         "official path reads a 16-bit WAV; the earlier behaviour)")
+    ap.add_argument("--frame_count", choices=video.FRAME_COUNT_MODES, default=d.frame_count,
+                    help="frame count of a container that stores none: OpenCV's estimate "
+                         "round(duration x fps), as the official extraction (opencv), or the "
+                         "video packets counted (packets, the earlier behaviour)")
     ap.add_argument("--split_long", action="store_true",
                     help="cut inputs longer than clip_seconds into several records")
 
@@ -401,11 +413,13 @@ def config_from_args(ap: argparse.ArgumentParser, a: argparse.Namespace) -> Conv
     cfg = ConvertConfig(num_frames=a.num_frames, window_length=a.window_length,
                         target_length=a.target_length, clip_seconds=a.clip_seconds,
                         image_size=a.image_size, jpeg_quality=a.jpeg_quality, mix=a.mix,
-                        split_long=a.split_long)
+                        split_long=a.split_long, pcm16=a.pcm16, frame_count=a.frame_count)
     if not 0 < cfg.window_length <= cfg.target_length:
         ap.error("--window_length must be in (0, --target_length]")
     if cfg.num_frames <= 0:
         ap.error("--num_frames must be positive")
+    if not 1 <= cfg.jpeg_quality <= 100:
+        ap.error("--jpeg_quality must be in [1, 100]")
     for flag, name in (("--split", a.split), ("--holdout_split", a.holdout_split)):
         if not valid_split_name(name):
             ap.error(f"{flag} {name!r}: use letters, digits, '_' and '-'")

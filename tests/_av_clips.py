@@ -21,10 +21,12 @@ def gray_to_index(level: float) -> int:
 def write_clip(path: pathlib.Path, seconds: float = 2.0, fps: int = 25, size=(96, 64),
                audio: bool = True, video: bool = True, sample_rate: int = 44100,
                channels: int = 2, tone_hz: float = 440.0, amplitude: float = 0.5,
-               container: str | None = None) -> pathlib.Path:
+               container: str | None = None, audio_seconds: float | None = None
+               ) -> pathlib.Path:
     """Writes a clip whose frame i is flat gray `frame_gray(i)` and whose first channel is a tone.
 
     The second channel (if any) is a tone at 3x the frequency, so channel choice is visible.
+    `audio_seconds` makes the audio track longer or shorter than the video (default: `seconds`).
     """
     w, h = size
     with av.open(str(path), mode="w", format=container) as out:
@@ -46,7 +48,7 @@ def write_clip(path: pathlib.Path, seconds: float = 2.0, fps: int = 25, size=(96
             for p in vs.encode(None):
                 out.mux(p)
         if as_ is not None:
-            n = int(seconds * sample_rate)
+            n = int((seconds if audio_seconds is None else audio_seconds) * sample_rate)
             t = np.arange(n) / sample_rate
             chans = [amplitude * np.sin(2 * np.pi * tone_hz * t)]
             if channels == 2:

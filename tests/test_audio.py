@@ -145,3 +145,63 @@ def test_wave_to_fbank_long_input_is_cut_not_computed():
     assert fb.shape == (1024, 128) and n == 1024
     full = audio.kaldi_fbank(wave - wave.mean())[:1024]
     np.testing.assert_allclose(fb, full, atol=1e-4)
+
+
+def test_to_pcm16_rounds_like_ffmpeg_s16():
+    """Round to nearest (ties to even, like lrintf), clip to int16, read back as k / 32768."""
+    x = np.array([0.0, 1.0, -1.0, 2.0, 1.5 / 32768, 2.5 / 32768, -0.4 / 32768, 0.3], np.float32)
+    q = audio.to_pcm16(x)
+    assert q.dtype == np.float32
+    np.testing.assert_array_equal(q * 32768, [0, 32767, -32768, 32767, 2, 2, 0, 9830])
+
+
+def _is_pcm16(x: np.ndarray) -> bool:
+    k = x.astype(np.float64) * 32768
+    return bool(np.all(k == np.round(k)) and k.min() >= -32768 and k.max() <= 32767)
+
+
+def test_waveform_is_16bit_pcm_before_the_fbank(tmp_path, monkeypatch):
+    """As the official path (a 16-bit WAV read back by torchaudio), the 16 kHz waveform that
+    reaches the fbank holds multiples of 1/32768; `pcm16=False` (--no_pcm16) keeps floats."""
+    from _av_clips import write_clip
+
+    from data_prep import clips
+    from data_prep.inputs import Item
+
+    path = write_clip(tmp_path / "c.mp4", seconds=1.0, fps=10, size=(32, 32), amplitude=0.01)
+    seen = []
+    real = audio.wave_to_fbank
+
+    def spy(wave, *args, **kwargs):
+        seen.append(np.array(wave))
+        return real(wave, *args, **kwargs)
+
+    monkeypatch.setattr(audio, "wave_to_fbank", spy)
+    item = Item(id="c", split="train", source="c.mp4", video=str(path))
+    for pcm16 in (True, False):
+        (ex,) = clips.process_clip(item, clips.ConvertConfig(num_frames=2, pcm16=pcm16))
+        assert ex["num_fbank_frames"] == audio.num_fbank_frames(seen[-1].shape[0])
+        assert _is_pcm16(seen[-1]) is pcm16
+    np.testing.assert_array_equal(seen[0], audio.to_pcm16(seen[1]))
+
+
+def test_stream_audio_equals_load_audio_and_stops_early(tmp_path):
+    """Chunks concatenate to the whole decode (PyAV and soundfile + soxr paths); `max_samples`
+    gives exactly its prefix."""
+    from _av_clips import write_clip
+
+    sr = 44100
+    t = np.arange(25 * sr) / sr
+    sf.write(tmp_path / "long.wav", np.stack([0.4 * np.sin(2 * np.pi * 440 * t),
+                                              0.2 * np.sin(2 * np.pi * 97 * t)], 1), sr)
+    mp4 = write_clip(tmp_path / "c.mp4", seconds=3.0, fps=5, size=(16, 16), sample_rate=48000)
+    for path in (tmp_path / "long.wav", mp4):
+        for mix in ("first", "mean"):
+            whole = audio.load_audio(path, mix=mix)
+            chunks = list(audio.stream_audio(path, mix=mix))
+            assert len(chunks) > 1 and all(c.dtype == np.float32 for c in chunks)
+            np.testing.assert_array_equal(np.concatenate(chunks), whole)
+            head = audio.load_audio(path, mix=mix, max_samples=20000)
+            np.testing.assert_array_equal(head, whole[:20000])
+    raw = audio.load_audio(tmp_path / "long.wav", pcm16=False)
+    assert not _is_pcm16(raw) and _is_pcm16(audio.load_audio(tmp_path / "long.wav"))

@@ -1,11 +1,19 @@
 """Frame choice, PyAV decoding at official indices, resize + center crop, JPEG, ImageNet norm."""
 
+import io
+import json
+import math
+
+import av
 import numpy as np
 import pytest
 from _av_clips import gray_to_index, write_clip
+from array_record.python.array_record_module import ArrayRecordReader
 from PIL import Image
 
 from cavmae_jax import audio, video
+from cavmae_jax.data import records
+from data_prep import convert
 
 
 def test_official_frame_indices():
@@ -83,3 +91,70 @@ def test_video_without_video_stream(tmp_path):
     with pytest.raises(ValueError, match="no video stream"):
         video.probe(path)
     assert audio.load_audio(path).shape[0] > 10000
+
+
+
+def _quant_tables(jpeg: bytes) -> dict:
+    with Image.open(io.BytesIO(jpeg)) as im:
+        return {k: list(v) for k, v in im.quantization.items()}
+
+
+def test_jpeg_quality_is_the_official_save_image_default(tmp_path):
+    """Frames are JPEG quality 75: byte for byte what PIL writes with no quality given (the
+    official extraction's torchvision `save_image`); `--jpeg_quality 90` keeps the old one."""
+    img = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG")  # PIL's defaults, as save_image uses them
+    assert video.JPEG_QUALITY == 75 and video.encode_jpeg(img) == buf.getvalue()
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_clip(src / "c.mp4", seconds=1.0, fps=10, size=(64, 48))
+    for quality in (None, 90):
+        out = tmp_path / f"out{quality}"
+        extra = [] if quality is None else ["--jpeg_quality", str(quality)]
+        assert convert.main(["--input", str(src), "--output", str(out), "--num_frames", "2",
+                             "--workers", "1", "--no_progress", *extra]) == 0
+        want = quality or 75
+        assert json.loads((out / "metadata.json").read_text())["settings"]["jpeg_quality"] == want
+        reader = ArrayRecordReader(str(next(out.glob("train.array_record-*"))))
+        rec = records.decode(reader.read_all()[0], decode_frames=False)
+        reader.close()
+        for jpeg in rec["frames_jpeg"]:
+            assert _quant_tables(jpeg) == _quant_tables(video.encode_jpeg(img, want))
+        assert _quant_tables(video.encode_jpeg(img, 75)) != _quant_tables(
+            video.encode_jpeg(img, 90))
+
+
+def test_probe_estimates_a_missing_frame_count_like_opencv(tmp_path):
+    """Matroska stores no frame count: OpenCV (the official extraction) then reports
+    floor(duration x fps + 0.5), with the container duration (here the longer audio's)."""
+    path = write_clip(tmp_path / "c.mkv", seconds=2.0, fps=10, size=(32, 32), container="matroska",
+                      audio_seconds=2.5)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].frames == 0  # the container has no count
+        duration = c.duration / 1e6
+    assert 2.45 < duration < 2.6
+    info = video.probe(path)
+    assert info.frame_count == math.floor(duration * 10.0 + 0.5) == 25
+    assert video.probe(path, "packets").frame_count == 20  # the packets actually there
+    with pytest.raises(ValueError, match="frame_count"):
+        video.probe(path, "decode")
+
+    # The frame choice follows the count: n = 25 -> int(k * 25 / 4) - 1; packets: n = 20.
+    src = tmp_path / "in"
+    src.mkdir()
+    path.rename(src / "c.mkv")
+    got = {}
+    for mode in ("opencv", "packets"):
+        out = tmp_path / mode
+        assert convert.main(["--input", str(src), "--output", str(out), "--num_frames", "4",
+                             "--frame_count", mode, "--workers", "1", "--no_progress"]) == 0
+        assert json.loads((out / "metadata.json").read_text())["settings"]["frame_count"] == mode
+        reader = ArrayRecordReader(str(next(out.glob("train.array_record-*"))))
+        rec = records.decode(reader.read_all()[0])
+        reader.close()
+        got[mode] = rec["source_frame_index"].tolist()
+        assert [gray_to_index(f[100:124, 100:124].mean()) for f in rec["frames"]] == got[mode]
+    assert got["opencv"] == video.official_frame_indices(25, 10.0, 4).tolist() == [0, 5, 11, 17]
+    assert got["packets"] == video.official_frame_indices(20, 10.0, 4).tolist() == [0, 4, 9, 14]
