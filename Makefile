@@ -24,7 +24,7 @@ demo: venv
 	$(PY) -m data_prep.synthetic --output $(DEMO)/videos --num_clips 192 --seed 0 --workers 2
 	$(PY) -m data_prep.convert --input $(DEMO)/videos --labels $(DEMO)/videos/labels.csv --holdout 0.1667 --holdout_split test --output $(DEMO)/data --workers 2
 	$(PY) -m cavmae_jax.main --config=configs/demo.py --workdir=$(DEMO)/run --config.data.dir=$(DEMO)/data
-	$(PY) -m cavmae_jax.evaluate --config=configs/demo.py --workdir=$(DEMO)/run --config.data.dir=$(DEMO)/data --task=retrieval
+	$(PY) -m cavmae_jax.evaluate --checkpoint=$(DEMO)/run --task=retrieval
 
 test: venv
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile tests

@@ -1,11 +1,11 @@
 """Times one CAV-MAE / CAV-MAE Sync pretraining step: forward + backward + AdamW update.
 
-The step is the project's own (`train.step.make_train_step` over `train.state.create`, AdamW
-from `train.optim.build_optimizer`, the sin-cos tables frozen as in `train/loop.py`), jitted
-with the state donated, as the training loop runs it. Reports per-step time (min / median),
-samples/s, peak memory, the analytic FLOPs per sample beside XLA's cost analysis, and the MFU
-they imply against a peak (`--peak_tflops`; on CPU the default peak is a measured 4096^2 float32
-matmul). The script fails if the step compiles more than once. Not part of pytest.
+The step is the training loop's own: `train.run.Run` built from a config (AdamW, the sin-cos
+tables frozen), its jitted `train_step` with the state donated, metrics of the logging branch.
+Reports per-step time (min / median), samples/s, peak memory, the analytic FLOPs per sample
+beside XLA's cost analysis, and the MFU they imply against a peak (`--peak_tflops`; on CPU the
+default peak is a measured 4096^2 float32 matmul). The script fails if the step compiles more
+than once. Not part of pytest.
 
   .venv/bin/python benchmarks/model_step.py --arch sync --size small --batch 4 [--json OUT]
 
@@ -38,13 +38,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.sizes import SIZES  # noqa: E402
-from cavmae_jax import hostmem  # noqa: E402
+from cavmae_jax import config, hostmem  # noqa: E402
 from cavmae_jax.models import masking  # noqa: E402
-from cavmae_jax.models.cavmae import CAVMAE, frozen_param_names, init_params  # noqa: E402
 from cavmae_jax.models.config import ModelConfig  # noqa: E402
-from cavmae_jax.train import optim  # noqa: E402
-from cavmae_jax.train import state as state_lib  # noqa: E402
-from cavmae_jax.train import step as step_lib  # noqa: E402
+from cavmae_jax.train.run import Run  # noqa: E402
 
 # The released Sync model (global tokens, 8 registers, no contrastive heads) and CAV-MAE.
 ARCHS: dict[str, dict[str, Any]] = {
@@ -153,12 +150,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = jax.devices()[0]
     cfg = model_config(args.arch, args.size, args.dtype, args.audio_length, args.attention_impl,
                        args.remat, args.remat_policy)
-    model = CAVMAE(cfg)
-    optim_cfg = {"name": "adamw", "lr": 1e-4, "weight_decay": 0.05, "warmup_steps": 10,
-                 "freeze_patterns": tuple(f"^{n}$" for n in frozen_param_names(cfg))}
-    tx, schedule = optim.build_optimizer(optim_cfg, steps_per_epoch=1, total_steps=1000)
-    state = state_lib.create(init_params(cfg, jax.random.PRNGKey(0)), tx, seed=0)
-    state = jax.device_put(state)
+    run_cfg = config.Config(
+        model=cfg, optim=config.OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05,
+                                            warmup_steps=10),
+        train=config.TrainConfig(global_batch_size=args.batch, num_steps=1000))
+    run_ = Run.build(run_cfg, devices=[device], metadata={})
+    state = run_.init_state()
     batch = make_batch(cfg, args.batch)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
@@ -170,11 +167,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             compiles.append(duration)
 
     jax.monitoring.register_event_duration_secs_listener(on_event)
-    step = jax.jit(step_lib.make_train_step(model, tx, schedule), donate_argnums=0)
+    step = run_.train_step  # the loop's own jitted step (shardings, donation)
     t0 = time.perf_counter()
     # Compile once, ahead of time, and time that executable: in JAX 0.10.2 a jitted call does
     # not reuse an AOT `.lower().compile()` (it compiles the same step a second time).
-    compiled = step.lower(state, batch).compile()
+    compiled = step.lower(state, batch, np.bool_(True)).compile()
     compile_s = time.perf_counter() - t0
     compiles_at_start = len(compiles)
     cost = compiled.cost_analysis()
@@ -186,7 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for i in range(args.warmup + args.steps):
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
-        state, metrics = compiled(state, batch)
+        state, metrics = compiled(state, batch, np.bool_(True))
         jax.block_until_ready((state, metrics))
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)

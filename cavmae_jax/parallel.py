@@ -81,7 +81,7 @@ def maybe_initialize_distributed(flag: bool = False) -> bool:
     if os.environ.get("JAX_PROCESS_ID"):
         kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
     jax.distributed.initialize(**kwargs)
-    logging.info(
+    logging.getLogger(__name__).info(
         "jax.distributed: process %d/%d, %d local / %d global devices",
         jax.process_index(),
         jax.process_count(),

@@ -2,8 +2,8 @@
 
     python tests/_train_helpers.py DATA_DIR OUT.json NUM_STEPS   (XLA_FLAGS: 8 host devices)
 
-Builds each variant with `loop.build_run`, `loop.init_state` and `step.make_train_step` jitted
-with the run's shardings, exactly as `loop.train` does, feeds it the first batches of the real
+Builds each variant as `loop.train` does (`Run.build`, `run.init_state`, `run.train_step`, the
+logging branch on every step), feeds it the first batches of the real
 Grain pipeline and writes each step's metrics: the demo:test recipe (with NUM_STEPS, so the LR
 schedule equals the subprocess runs') on 1 device, the same with local negatives, and local
 negatives on 8 devices. The test compares them with the 8-device `main` run. It runs as a
@@ -19,11 +19,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from cavmae_jax import parallel
+from cavmae_jax import config as config_lib
 from cavmae_jax.data import pipeline
-from cavmae_jax.train import loop
-from cavmae_jax.train import step as step_lib
-from configs import common, demo
+from cavmae_jax.train.run import Run
+from configs import demo
 
 
 def make_config(data_dir: str, num_steps: int, **sections: dict[str, Any]):
@@ -39,17 +38,11 @@ def make_config(data_dir: str, num_steps: int, **sections: dict[str, Any]):
 def train_steps(config, batches: Sequence[dict[str, np.ndarray]],
                 devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
     """Metrics of len(batches) steps from a fresh state, plus what the run was built as."""
-    run = loop.build_run(config, common.validate(config), devices=devices)
-    state = loop.init_state(config, run)
-    train_step = jax.jit(
-        step_lib.make_train_step(run.model, run.tx, run.schedule, config.task,
-                                 config.finetune.mode, config.finetune.loss),
-        in_shardings=(run.state_shardings, parallel.batch_sharding(run.mesh)),
-        out_shardings=(run.state_shardings, None), donate_argnums=0)
+    run = Run.build(config_lib.build(config), devices=devices)
+    state = run.init_state()
     metrics = []
     for host in batches:
-        batch = parallel.host_batch_to_global({k: host[k] for k in loop.MODEL_INPUTS}, run.mesh)
-        state, m = train_step(state, batch)
+        state, m = run.train_step(state, run.global_batch(host), np.bool_(True))
         metrics.append({k: float(v) for k, v in jax.device_get(m).items()})
     shardings = jax.tree.leaves(run.state_shardings.params)
     return {"metrics": metrics, "mesh": dict(run.mesh.shape),
@@ -64,10 +57,10 @@ def main(data_dir: str, out: str, num_steps: str) -> None:
     it = pipeline.make_train_iterator(
         data_dir, "train", global_batch_size=config.train.global_batch_size, seed=0,
         process_index=0, process_count=1,
-        config=loop.pipeline_config(config, common.validate(config)))
+        config=config_lib.build(config).data)
     batches = [next(it) for _ in range(3)]
     one = jax.devices()[:1]
-    local = make_config(data_dir, int(num_steps), train=dict(negatives="local"))
+    local = make_config(data_dir, int(num_steps), model=dict(negative_groups=0))
     results = {
         "single": train_steps(config, batches, devices=one),
         "local_single": train_steps(local, batches, devices=one),

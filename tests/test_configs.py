@@ -1,5 +1,8 @@
-"""Configs build and validate; bad keys fail at start-up; finetuning keeps a weight average."""
+"""The config tree: every recipe builds; every field is settable; bad keys fail with one line."""
 
+import dataclasses
+import json
+import re
 import subprocess
 import sys
 
@@ -9,9 +12,9 @@ import numpy as np
 import optax
 import pytest
 
-from cavmae_jax.train import loop
+from cavmae_jax import config
 from cavmae_jax.train import state as state_lib
-from configs import cavmae_pretrain, common, demo, finetune, sync_pretrain
+from configs import cavmae_pretrain, demo, finetune, sync_pretrain
 
 CONFIGS = [(cavmae_pretrain, ""), (cavmae_pretrain, "local"), (sync_pretrain, ""),
            (sync_pretrain, "local"), (demo, ""), (demo, "test"), (finetune, "as20k"),
@@ -19,11 +22,10 @@ CONFIGS = [(cavmae_pretrain, ""), (cavmae_pretrain, "local"), (sync_pretrain, ""
 
 
 @pytest.mark.parametrize("module,arg", CONFIGS)
-def test_every_config_validates(module, arg):
-    c = module.get_config(arg)
-    c.data.dir = "somewhere"
-    model = common.validate(c)
-    assert model.audio_length % 16 == 0
+def test_every_config_builds_and_round_trips(module, arg):
+    cfg = config.build(module.get_config(arg))
+    assert cfg.data.window_length == cfg.model.audio_length  # filled in from the model
+    assert config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def test_recipes_match_the_official_scripts():
@@ -34,30 +36,61 @@ def test_recipes_match_the_official_scripts():
     vgg = finetune.get_config("vggsound")
     assert (vgg.finetune.loss, vgg.optim.head_lr_mult, vgg.finetune.wa_start) == ("ce", 10.0, 3)
     assert finetune.get_config("as20k").train.global_batch_size == 36
-    # Class-balanced draws for AS-2M and VGGSound training only (never for evaluation).
+    # Class-balanced draws for AS-2M and VGGSound training (the eval pipelines never sample).
     for name, balanced in (("as20k", False), ("as2m", True), ("vggsound", True)):
-        c = finetune.get_config(name)
-        c.data.dir = "somewhere"
-        model_cfg = common.validate(c)
-        assert loop.pipeline_config(c, model_cfg)["balanced_sampling"] is balanced
-        assert loop.pipeline_config(c, model_cfg, train=False)["balanced_sampling"] is False
+        assert config.build(finetune.get_config(name)).data.balanced_sampling is balanced
 
 
-def test_validate_names_the_bad_key():
-    c = demo.get_config()
-    with pytest.raises(ValueError, match="config.data.dir is empty"):
-        common.validate(c)
-    c.data.dir = "x"
-    c.train.negatives = "neighbours"
-    with pytest.raises(ValueError, match="config.train.negatives"):
-        common.validate(c)
-    c = demo.get_config()
-    c.data.dir = "x"
-    c.model.audio_length = 420
-    with pytest.raises(ValueError, match="config.model: .*audio_length"):
-        common.validate(c)
+def test_every_section_field_is_in_the_tree():
+    """Each constructor's every argument can be set from the command line."""
+    tree = config.base()
+    for section in config.SECTIONS:
+        cls = type(getattr(config.Config(), section))
+        assert set(tree[section]) == {f.name for f in dataclasses.fields(cls)}, section
+    for key in ("mixup_alpha", "crop_scale", "flip_prob"):
+        assert key in tree.data.augment
+    for key in ("eval_frame", "num_frames", "read_threads", "use_data_stats"):
+        assert key in tree.data
+
+
+@pytest.mark.parametrize("change,message", [
+    (("model", "embed_dimm", 64), "unknown key config.model.embed_dimm"),
+    (("data", "augment", {"flip": 1.0}), "unknown key config.data.augment.flip"),
+    (("train", "global_batch_size", "many"), "config.train.global_batch_size must be int"),
+    (("model", "audio_length", 420), "config.model: audio_length must be a positive multiple"),
+    (("eval", "strategy", "median"), "config.eval: strategy must be one of"),
+    (("finetune", "loss", "hinge"), "config.finetune: loss must be 'bce' or 'ce'"),
+    (("optim", "name", "sgd"), "config.optim: name must be one of"),
+    (("data", "window_length", 64), "config.data.window_length=64 differs"),
+])
+def test_build_names_the_bad_key(change, message):
+    values = config.base().to_dict()
+    section, key, value = change
+    values[section][key] = value
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.build(values)
     with pytest.raises(ValueError, match="unknown finetune recipe"):
         finetune.get_config("audioset")
+
+
+def test_missing_data_dir_is_one_clear_error():
+    with pytest.raises(config.ConfigError, match="config.data.dir is empty"):
+        config.require_data(config.build(demo.get_config()))
+
+
+def test_resume_accepts_optimizer_changes_and_refuses_model_and_data_changes():
+    saved = config.build(demo.get_config()).to_dict()
+    changed = json.loads(json.dumps(saved))
+    changed["optim"]["lr"] = 1.0
+    changed["train"]["log_every"] = 7
+    changed["model"]["num_heads"] = 2
+    changed["model"]["dtype"] = "bfloat16"
+    changed["data"]["dir"] = "/elsewhere"
+    changed["data"]["augment"]["noise"] = True
+    refused, allowed = config.split_resume_changes(saved, changed)
+    assert [k for k, _, _ in refused] == ["data.augment.noise", "model.num_heads"]
+    assert [k for k, _, _ in allowed] == ["data.dir", "model.dtype", "optim.lr",
+                                          "train.log_every"]
 
 
 @pytest.mark.parametrize("override,message", [

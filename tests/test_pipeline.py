@@ -307,7 +307,7 @@ def test_cavmae_full_audio_and_configurable_eval_frame(data_dir, recs):
 def test_data_stats_normalization(data_dir, recs):
     meta = pipeline.load_metadata(data_dir)
     stats = meta["splits"]["train"]["fbank_stats"]
-    b = next(_train(data_dir, audio_mean="data", audio_std="data"))
+    b = next(_train(data_dir, use_data_stats=True))
     rec, k = recs["train"][b["clip_index"][0]], int(b["frame_k"][0])
     s, e = rec["windows"][k]
     want = (rec["fbank"][s:e] - stats["mean"]) / stats["std"]

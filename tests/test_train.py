@@ -22,12 +22,9 @@ The subprocesses run concurrently (at most MAX_PROCESSES), share a JAX compilati
 tmp dir, and are killed at module teardown.
 """
 import concurrent.futures
-import contextlib
-import dataclasses
 import functools
 import json
 import math
-import os
 import pathlib
 import re
 import shutil
@@ -36,15 +33,16 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+import _procs
 import jax
 import numpy as np
 import pytest
+from _procs import Proc, Slots, read_records, wait_for
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = _procs.ROOT
 PARITY = ROOT / "tests" / "fixtures" / "parity"
 N_STEPS = 28  # long enough for a SIGKILL and a SIGTERM restart with >= 10 steps after each
 CKPT_EVERY = 5
@@ -52,7 +50,7 @@ RESTORE_STEP = 25  # the ref checkpoint the other meshes restore
 # The 2-process run is shorter: its steps compare with ref's first DIST_STEPS while both are in
 # the demo's LR warmup (50 steps), where the LR does not depend on num_steps (the test checks it).
 DIST_STEPS = 8
-TIMEOUT = 420  # seconds per subprocess; CI has 2 loaded cores
+TIMEOUT = _procs.TIMEOUT
 MAX_PROCESSES = 3  # training subprocesses at once: ~1-1.6 GB each
 # Metrics that are a function of (params, data, step); the rest are wall-clock throughput.
 DETERMINISTIC = ("loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "c_acc", "grad_norm",
@@ -71,80 +69,6 @@ PARITY_MODEL_FLAGS = ("--config.model.arch=cavmae", "--config.model.audio_length
                       "--config.model.embed_dim=64", "--config.model.num_heads=4",
                       "--config.model.modality_specific_depth=11", "--config.model.joint_depth=1",
                       "--config.model.global_tokens=False", "--config.model.num_register_tokens=0")
-
-
-# ----------------------------------------------------------------------------- subprocesses
-def _env(devices: int, cache: pathlib.Path | None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COORDINATOR")}
-    for key in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-        env.pop(key, None)
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
-    # Backend optimization level 0 halves XLA:CPU compile time, which dominates these short runs
-    # (the same HLO, partitioning and collectives; only the LLVM code generation is simpler).
-    env["XLA_FLAGS"] = (f"{flags} --xla_force_host_platform_device_count={devices} "
-                        "--xla_backend_optimization_level=0").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    if cache is not None:  # compiled executables shared by runs of the same program
-        env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    env.update(extra)
-    return env
-
-
-class Slots:
-    """At most `n` training processes at once (memory on small CI machines); the waiting
-    request with the lowest priority number goes first, ties in arrival order."""
-
-    def __init__(self, n: int):
-        self.free = n
-        self._cond = threading.Condition()
-        self._queue: list[tuple[int, int, int]] = []  # (priority, ticket, count)
-        self._tickets = 0
-
-    def acquire(self, count: int, priority: int) -> None:
-        with self._cond:
-            self._tickets += 1
-            me = (priority, self._tickets, count)
-            self._queue.append(me)
-            self._cond.wait_for(lambda: min(self._queue) == me and self.free >= count)
-            self._queue.remove(me)
-            self.free -= count
-            self._cond.notify_all()
-
-    def release(self, count: int) -> None:
-        with self._cond:
-            self.free += count
-            self._cond.notify_all()
-
-
-@dataclasses.dataclass
-class Proc:
-    """One subprocess, its log file and the metrics.jsonl line count when it started."""
-
-    popen: subprocess.Popen
-    log: pathlib.Path
-    first_line: int
-    release: Callable[[], None]
-
-    def wait(self, expect_rc: int | None = 0) -> int:
-        try:
-            rc = self.popen.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
-            raise AssertionError(f"timed out after {TIMEOUT}s:\n{self.tail()}") from None
-        finally:
-            self.release()
-        if expect_rc is not None and rc != expect_rc:
-            raise AssertionError(f"exit status {rc} (expected {expect_rc}):\n{self.tail()}")
-        return rc
-
-    def tail(self, n: int = 4000) -> str:
-        return self.text()[-n:]
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 class Runs:
@@ -202,9 +126,9 @@ class Runs:
             args += [f"--workdir={workdir}", f"--config.data.dir={self.data}"]
         with open(log, "ab") as out, self._lock:
             popen = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                     env=env or _env(devices, self.cache))
+                                     env=env or _procs.env(devices, self.cache))
             self._procs.append(popen)
-        return Proc(popen, log, len(_records(workdir)), functools.partial(self._release, popen))
+        return Proc(popen, log, len(read_records(workdir)), functools.partial(self._release, popen))
 
     def _release(self, popen: subprocess.Popen) -> None:
         with self._lock:
@@ -223,23 +147,23 @@ class Runs:
         """SIGTERM, restart, SIGKILL after a checkpoint, restart: one workdir, three processes."""
         # Start once ref has saved: its executables (train step, checkpoint slicing) are cached.
         ref = self.tmp / "ref"
-        _wait_for(lambda: _checkpoint_steps(ref), self.futures["ref"].done, "ref's checkpoint")
+        wait_for(lambda: _checkpoint_steps(ref), self.futures["ref"].done, "ref's checkpoint")
         workdir = self.tmp / "chain"
         # Checkpoint every step, so the SIGTERM lands on a step the periodic save already wrote
         # (the stop path must not save it a second time).
         termed = self.start(workdir, *BASE_FLAGS, "--config.train.checkpoint_every=1", priority=0)
-        _wait_for(lambda: _records(workdir), termed.popen.poll, "the first step")
+        wait_for(lambda: read_records(workdir), termed.popen.poll, "the first step")
         termed.popen.send_signal(signal.SIGTERM)
         termed_rc = termed.wait(expect_rc=None)
-        termed_lines, termed_ckpts = len(_records(workdir)), _checkpoint_steps(workdir)
+        termed_lines, termed_ckpts = len(read_records(workdir)), _checkpoint_steps(workdir)
 
         killed = self.start(workdir, *BASE_FLAGS, priority=0)
         target = 3 * CKPT_EVERY  # >= 10 steps after the SIGTERM restart, < N_STEPS - 10
-        _wait_for(lambda: target in _checkpoint_steps(workdir), killed.popen.poll,
+        wait_for(lambda: target in _checkpoint_steps(workdir), killed.popen.poll,
                   f"checkpoint {target}")
         killed.popen.send_signal(signal.SIGKILL)
         killed_rc = killed.wait(expect_rc=None)
-        killed_lines, killed_ckpts = len(_records(workdir)), _checkpoint_steps(workdir)
+        killed_lines, killed_ckpts = len(read_records(workdir)), _checkpoint_steps(workdir)
 
         final = self.start(workdir, *BASE_FLAGS, priority=0)
         final.wait()
@@ -264,7 +188,7 @@ class Runs:
 
     def _job_steps(self) -> dict[str, Any]:
         out = self.tmp / "steps.json"
-        env = _env(8, self.cache, PYTHONPATH=str(ROOT))
+        env = _procs.env(8, self.cache, PYTHONPATH=str(ROOT))
         self.start(self.tmp / "steps", str(ROOT / "tests" / "_train_helpers.py"), str(self.data),
                    str(out), str(N_STEPS), module=None, env=env).wait()
         return json.loads(out.read_text())
@@ -295,7 +219,7 @@ class Runs:
         procs = []
         for pid in range(2):  # one CPU device per process: 2 global devices, mesh data=2
             # No compilation cache: both processes would write the same entries at once.
-            env = _env(1, None, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            env = _procs.env(1, None, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                        JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
             procs.append(self.start(workdir, *BASE_FLAGS, "--multihost",
                                     f"--config.train.num_steps={DIST_STEPS}",
@@ -311,7 +235,7 @@ class Runs:
         convert = subprocess.run(  # seconds; keeps the slot order of the training runs
             [sys.executable, "-m", "cavmae_jax.convert", "--torch", str(PARITY / "cavmae_tiny.npz"),
              "--arch", "cavmae", "--kwargs", json.dumps(kwargs), "--out", str(params)],
-            cwd=ROOT, env=_env(1, None), capture_output=True, text=True, timeout=TIMEOUT)
+            cwd=ROOT, env=_procs.env(1, None), capture_output=True, text=True, timeout=TIMEOUT)
         assert convert.returncode == 0, convert.stdout[-2000:] + convert.stderr[-4000:]
         workdir = self.tmp / "parity"
         proc = self.start(workdir, "--config=configs/demo.py:test", *PARITY_MODEL_FLAGS,
@@ -321,30 +245,6 @@ class Runs:
                           f"--config.train.init_from={params}", devices=1)
         proc.wait()
         return workdir, proc
-
-
-def _wait_for(cond: Callable[[], Any], stopped: Callable[[], Any], what: str,
-              timeout: float = TIMEOUT) -> None:
-    """Polls `cond` until true; fails if `stopped()` (process exited / job done) comes first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        if stopped() and not cond():
-            raise AssertionError(f"gone before {what}")
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _records(workdir: pathlib.Path) -> list[dict[str, Any]]:
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):  # a line cut by SIGKILL mid-write
-            out.append(json.loads(line))
-    return out
 
 
 def _by_step(records: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -420,7 +320,7 @@ def runs(request, data_dir, tmp_path_factory):
 def test_one_device_and_local_negative_steps_agree_with_8_devices(runs):
     """The loop's step built in-process on 1 device (global and local negatives) and with local
     negatives on 8 devices, against the 8-device `main` run on the same first batches."""
-    ref = _by_step(_records(runs.result("ref")))
+    ref = _by_step(read_records(runs.result("ref")))
     r = runs.result("steps")
     single = r["single"]
     assert single["mesh"] == {"data": 1, "fsdp": 1}
@@ -444,7 +344,7 @@ def test_one_device_and_local_negative_steps_agree_with_8_devices(runs):
 # ----------------------------------------------------------------------------- subprocess tests
 def test_demo_config_trains_end_to_end(runs):
     workdir = runs.result("ref")
-    records = _records(workdir)
+    records = read_records(workdir)
     assert [r["step"] for r in records] == list(range(1, N_STEPS + 1))
     for r in records:
         for k in ("loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c", "grad_norm"):
@@ -463,13 +363,13 @@ def test_demo_config_trains_end_to_end(runs):
 
 
 def test_restore_onto_other_meshes_continues_the_run(runs):
-    ref = _by_step(_records(runs.result("ref")))
+    ref = _by_step(read_records(runs.result("ref")))
     for name, (workdir, proc) in runs.result("meshes").items():
         text = proc.text()
         assert f"resumed from step {RESTORE_STEP}" in text, name
         devices = 1 if name == "mesh_1" else 8
         assert f"1 process(es), {devices} device(s)" in text, name
-        got = _by_step(_records(workdir))
+        got = _by_step(read_records(workdir))
         assert sorted(got) == list(range(RESTORE_STEP + 1, N_STEPS + 1)), name
         _assert_close(got, ref, name)
         assert _checkpoint_steps(workdir) == [RESTORE_STEP, N_STEPS], name
@@ -478,9 +378,9 @@ def test_restore_onto_other_meshes_continues_the_run(runs):
 
 
 def test_sigterm_and_sigkill_restarts_are_bit_identical(runs):
-    ref = _by_step(_records(runs.result("ref")))
+    ref = _by_step(read_records(runs.result("ref")))
     chain = runs.result("chain")
-    records = _records(chain["workdir"])
+    records = read_records(chain["workdir"])
     termed = records[:chain["termed_lines"]]
     killed = records[chain["termed_lines"]:chain["killed_lines"]]
     final = records[chain["killed_lines"]:]
@@ -522,10 +422,10 @@ def test_two_process_distributed_run(runs):
     for p in procs:
         assert "2 process(es), 2 device(s)" in p.text()
         assert "jax.distributed: process" in p.text()
-    records = _records(workdir)  # process 0 writes the metrics
+    records = read_records(workdir)  # process 0 writes the metrics
     assert [r["step"] for r in records] == list(range(1, DIST_STEPS + 1))
     assert all(math.isfinite(r["loss"]) for r in records)
-    ref = _by_step(_records(runs.result("ref")))  # the same LR at every step (warmup)
+    ref = _by_step(read_records(runs.result("ref")))  # the same LR at every step (warmup)
     assert [r["lr"] for r in records] == [ref[r["step"]]["lr"] for r in records]
     it_states = sorted(p.name for p in (workdir / "checkpoints" / str(DIST_STEPS) /
                                         "data_iter").iterdir() if p.suffix == ".json")
@@ -533,13 +433,13 @@ def test_two_process_distributed_run(runs):
 
 
 def test_two_process_losses_match_one_process(runs):
-    ref = _by_step(_records(runs.result("ref")))
+    ref = _by_step(read_records(runs.result("ref")))
     workdir, _ = runs.result("dist")
-    _assert_close(_by_step(_records(workdir)), ref, "2 processes")
+    _assert_close(_by_step(read_records(workdir)), ref, "2 processes")
 
 
 def test_finetuning_on_synthetic_labels_beats_chance(runs):
-    records = _records(runs.result("finetune"))
+    records = read_records(runs.result("finetune"))
     meta = json.loads((runs.data / "metadata.json").read_text())
     chance = 1.0 / meta["num_classes"]
     assert meta["num_classes"] == 8
@@ -560,7 +460,9 @@ def test_finetuning_weight_average_and_classification_eval(runs):
     params, meta = checkpoint.load_params(workdir / "params_averaged")
     assert meta["averaged_epochs"] == 5 and (meta["wa_start"], meta["wa_end"]) == (36, 40)
     assert "mlp_head_1" in params
-    report = json.loads((workdir / "eval" / "classification.json").read_text())
+    # A params directory's reports go beside it; its provenance names it.
+    report = json.loads((workdir / "params_averaged" / "eval" / "classification.json").read_text())
+    assert report["provenance"]["checkpoint"] == str(workdir / "params_averaged")
     assert report["num_clips"] == 16 and report["frames_averaged"] == 16
     assert report["top1"] >= 2.5 / 8, report
 
@@ -576,7 +478,7 @@ def test_official_checkpoint_initialises_finetuning(runs):
                                                "mlp_head_1/bias", "mlp_head_1/kernel"]
     # Every other classifier tensor (the whole encoder) came from the converted checkpoint.
     assert int(match.group(1)) == _classifier_tensor_count(workdir, label_dim=8) - 4
-    records = _records(workdir)
+    records = read_records(workdir)
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in records)
     assert records[-1]["lr"] > 0

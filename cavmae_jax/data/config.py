@@ -1,8 +1,9 @@
-"""The pipelines' settings: `PipelineConfig` (what to read and how) and `AugmentConfig`.
+"""The pipelines' settings: `PipelineConfig` (what to read and how), `AugmentConfig`, and
+`DataConfig`, the `data` section of a run's config (a PipelineConfig plus where the data is).
 
 `make_config` builds a PipelineConfig from a dataclass, a mapping or an ml_collections
-ConfigDict (`config.data` of a training config) plus keyword overrides, and names any unknown
-key. `data/pipeline.py` takes the result.
+ConfigDict plus keyword overrides, and names any unknown key. `data/pipeline.py` takes the
+result; a `DataConfig` is a PipelineConfig, so a run passes its `data` section unchanged.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class PipelineConfig:
 
     window_length: int = DEFAULT_WINDOW_LENGTH  # L audio frames per window; 1024 = CAV-MAE
     num_frames: int | None = None  # expected N (checked against metadata.json), None = any
-    audio_mean: float | str = audio.FBANK_MEAN  # or 'data': metadata.json's train-split stats
-    audio_std: float | str = audio.FBANK_STD  # or 'data'
+    audio_mean: float = audio.FBANK_MEAN  # official normalization constants ...
+    audio_std: float = audio.FBANK_STD
+    use_data_stats: bool = False  # ... or metadata.json's train-split fbank mean / std
     eval_frame: int | None = None  # eval frame k; None = N // 2 (Sync: 8; CAV-MAE N=10: 5)
     image_size: int = video.IMAGE_SIZE
     augment: AugmentConfig = AugmentConfig()
@@ -83,6 +85,9 @@ def make_config(config: PipelineConfig | Mapping[str, Any] | None = None,
             base_aug = dataclasses.asdict(base_aug)
         fields["augment"] = {**_as_dict(base_aug), **_as_dict(new_aug)}
     known = {f.name for f in dataclasses.fields(PipelineConfig)}
+    if isinstance(config, DataConfig) or not isinstance(config, PipelineConfig):
+        for key in _DATA_ONLY:  # where the data is, not how it is read
+            fields.pop(key, None)
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f"unknown pipeline config key(s) {unknown}; known: {sorted(known)}")
@@ -102,3 +107,20 @@ def make_config(config: PipelineConfig | Mapping[str, Any] | None = None,
     if not 0.0 <= cfg.augment.mixup <= 1.0:
         raise ValueError(f"augment.mixup is a probability, got {cfg.augment.mixup}")
     return cfg
+
+
+_DATA_ONLY = ("dir", "train_split", "eval_split")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(PipelineConfig):
+    """The `data` section of a run's config: where the records are, and how to read them.
+
+    `window_length` 0 means the model's `audio_length` (the only length the model accepts);
+    the config tree fills it in when it is built.
+    """
+
+    dir: str = ""  # output folder of data_prep.convert, or a TFDS build's versioned folder
+    train_split: str = "train"
+    eval_split: str = "test"
+    window_length: int = 0

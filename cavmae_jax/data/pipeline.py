@@ -82,22 +82,17 @@ def shard_paths(data_dir: str | os.PathLike, split: str) -> list[str]:
 def audio_stats(config: PipelineConfig, metadata: Mapping[str, Any]) -> tuple[float, float]:
     """(mean, std) for fbank normalization: the official constants or metadata's stats.
 
-    'data' takes the train split's stats (what the official stats were computed on), or the
-    whole dataset's when there is no train split.
+    `use_data_stats` takes the train split's stats (what the official stats were computed on),
+    or the whole dataset's when there is no train split.
     """
+    if not config.use_data_stats:
+        return float(config.audio_mean), float(config.audio_std)
     stats = metadata.get("splits", {}).get("train", {}).get("fbank_stats") or metadata.get(
         "fbank_stats", {})
-
-    def pick(value: float | str, key: str) -> float:
-        if isinstance(value, str):
-            if value != "data":
-                raise ValueError(f"audio_{key} must be a number or 'data', got {value!r}")
-            if stats.get(key) is None:
-                raise ValueError(f"metadata.json has no fbank_stats.{key} for audio_{key}='data'")
-            return float(stats[key])
-        return float(value)
-
-    return pick(config.audio_mean, "mean"), pick(config.audio_std, "std")
+    if stats.get("mean") is None or stats.get("std") is None:
+        raise ValueError("use_data_stats: metadata.json has no fbank_stats (mean, std); rerun "
+                         "data_prep.convert or set data.use_data_stats=False")
+    return float(stats["mean"]), float(stats["std"])
 
 
 def _process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:

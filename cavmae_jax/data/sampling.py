@@ -49,8 +49,9 @@ def split_labels(index: pathlib.Path, shard_names: Sequence[str], source: Sequen
     labels = records.read_labels_index(index, shard_names)
     if labels is not None and len(labels) == len(source):
         return labels
-    logging.info("%s is missing or stale: reading the labels of all %d records for balanced "
-                 "sampling (rerunning data_prep on the same input writes it)", index, len(source))
+    logging.getLogger(__name__).info(
+        "%s is missing or stale: reading the labels of all %d records for balanced sampling "
+        "(rerunning data_prep on the same input writes it)", index, len(source))
     return record_labels(source, progress)
 
 

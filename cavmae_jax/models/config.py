@@ -49,7 +49,9 @@ class ModelConfig:
     temperature: float = 0.05
     learnable_temperature: bool = False
     contrastive_direction: str = "video_to_audio"  # official single direction
-    negative_groups: int = 1  # >1: per-group (per-device) negatives, like official DataParallel
+    # >1: per-group negatives; 0: one group per device, the official DataParallel's per-GPU
+    # negatives (the run sets the device count when it builds the model).
+    negative_groups: int = 1
     mae_loss_weight: float = 1.0
     contrast_loss_weight: float = 0.01
     # Numerics and memory.
@@ -86,7 +88,7 @@ class ModelConfig:
                  f"mask ratio {ratio} keeps no {name} token out of {length}")
         need(self.num_register_tokens >= 0, "num_register_tokens must be >= 0")
         need(self.temperature > 0, "temperature must be > 0")
-        need(self.negative_groups >= 1, "negative_groups must be >= 1")
+        need(self.negative_groups >= 0, "negative_groups must be >= 0 (0: one per device)")
         need(self.attention_impl in ("xla", "fused"), "attention_impl must be 'xla' or 'fused'")
         need(self.remat_policy in REMAT_POLICIES,
              f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")

@@ -19,9 +19,13 @@ loop checks every step:
     ckpt.close()                               # waits for async saves
 
 The Grain iterator state is one JSON per process: restoring it needs the same process count.
+Each step directory also holds the run's config (`config/`, JSON), so a step can be evaluated,
+finetuned from or exported without the training config (`read_config`, `restore_params`).
+`restore_latest` falls back to the newest step that reads, naming the ones that did not.
 
 `save_params` / `load_params` write and read a params-only checkpoint plus a JSON metadata dict
-(converted official weights, finetuning init).
+(converted official weights, exports, the finetuning weight average); `resolve` tells which of
+the three a path is: a run folder (its latest step), a step directory or a params directory.
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ _STATE = "state"
 _DATA_ITER = "data_iter"
 _PARAMS = "params"
 _METADATA = "metadata"
+_CONFIG = "config"
+
+
+class CheckpointError(RuntimeError):
+    """No readable checkpoint where one was expected; the message says where and why."""
 
 
 def _absolute(path: str | os.PathLike) -> epath.Path:
@@ -63,6 +72,7 @@ class Checkpointer:
         max_to_keep: int | None = 3,
         save_interval_steps: int = 1000,
         use_async: bool = True,
+        config: Mapping[str, Any] | None = None,
     ):
         """Opens (or creates) the checkpoint directory `workdir`.
 
@@ -73,10 +83,12 @@ class Checkpointer:
             save_interval_steps: `save()` writes when step % save_interval_steps == 0
                 (or with force=True).
             use_async: write arrays in a background thread (call `wait()` before reading them).
+            config: the run's config (JSON-serializable), written into every saved step.
         """
         if save_interval_steps < 1:
             raise ValueError(f"save_interval_steps must be >= 1, got {save_interval_steps}.")
         self.directory = _absolute(workdir)
+        self._interval = save_interval_steps
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(save_interval_steps),
             preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
@@ -87,6 +99,7 @@ class Checkpointer:
         self._stop_requested = threading.Event()
         self._previous_handler: Any = None
         self._preemption_cache: tuple[int, bool] | None = None
+        self._config = dict(config) if config is not None else None
 
     # -- saving and restoring -------------------------------------------------------------------
 
@@ -105,6 +118,8 @@ class Checkpointer:
         items = {_STATE: ocp.args.StandardSave(state)}
         if data_iter is not None:
             items[_DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
+        if self._config is not None:
+            items[_CONFIG] = ocp.args.JsonSave(self._config)
         saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
         if saved:
             logging.info("Checkpoint: saving step %d to %s", step, self.directory)
@@ -136,12 +151,35 @@ class Checkpointer:
         abstract_state: PyTree,
         data_iter: grain.DatasetIterator | None = None,
     ) -> tuple[PyTree, int] | None:
-        """(state, step) of the newest checkpoint, or None if there is none. See `restore`."""
-        step = self.latest_step()
-        if step is None:
-            return None
-        logging.info("Checkpoint: restoring step %d from %s", step, self.directory)
-        return self.restore(step, abstract_state, data_iter), step
+        """(state, step) of the newest readable checkpoint, or None if there is none.
+
+        A step that fails to read (truncated file, bit flip, broken metadata) is skipped with a
+        warning naming it and the error, and the next older one is tried; CheckpointError when
+        steps exist but none reads. See `restore`.
+        """
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        failures = []
+        for step in steps:
+            logging.info("Checkpoint: restoring step %d from %s", step, self.directory)
+            try:
+                return self.restore(step, abstract_state, data_iter), step
+            except Exception as e:  # noqa: BLE001 - any unreadable step: try the one before
+                reason = _one_line(e)
+                failures.append(f"step {step}: {reason}")
+                aside = self.directory / f"{step}.unreadable"
+                logging.warning("Checkpoint step %d in %s is unreadable (%s); moved to %s, "
+                                "trying an older one.", step, self.directory, reason, aside.name)
+                if jax.process_index() == 0 and not aside.exists():
+                    (self.directory / str(step)).rename(aside)  # kept, out of the way
+                self._manager.reload()
+        if failures and len(failures) == len(steps):
+            raise CheckpointError(f"no readable checkpoint in {self.directory} "
+                                  f"({'; '.join(failures)}); move the folder away to start over")
+        return None
+
+    def due(self, step: int) -> bool:
+        """Whether `save(step)` will write (the fixed interval; a forced save always writes)."""
+        return step % self._interval == 0
 
     def latest_step(self) -> int | None:
         """The newest saved step (None if none)."""
@@ -209,6 +247,80 @@ class Checkpointer:
                 self._preemption_cache = (step, bool(self._manager.reached_preemption(step)))
             return self._preemption_cache[1]
         return False
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an exception's message, with its type; long ones cut."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# -- any checkpoint, by path ------------------------------------------------------------------
+
+
+def is_params_dir(path: str | os.PathLike) -> bool:
+    p = _absolute(path)
+    return (p / _PARAMS).is_dir() and (p / _METADATA).exists()
+
+
+def is_step_dir(path: str | os.PathLike) -> bool:
+    return (_absolute(path) / _STATE).is_dir()
+
+
+def _steps_in(directory: epath.Path) -> list[int]:
+    if not directory.is_dir():
+        return []
+    return sorted(int(d.name) for d in directory.iterdir()
+                  if d.name.isdigit() and (d / _STATE).is_dir())
+
+
+def resolve(path: str | os.PathLike) -> tuple[str, epath.Path, int | None]:
+    """(kind, directory, step) of a checkpoint path; kind is 'step' or 'params'.
+
+    Accepts a params directory, a step directory (`W/checkpoints/300`), a run's `checkpoints/`
+    folder or a run folder `W` (both: the latest step). Raises FileNotFoundError / ValueError
+    with one line saying what was expected.
+    """
+    p = _absolute(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if is_params_dir(p):
+        return "params", p, None
+    if is_step_dir(p):
+        return "step", p, int(p.name) if p.name.isdigit() else None
+    for folder in (p / "checkpoints", p):
+        if steps := _steps_in(folder):
+            return "step", folder / str(steps[-1]), steps[-1]
+    raise ValueError(f"{path} is not a checkpoint: expected a training run folder, one of its "
+                     "checkpoints/<step> directories, or a params directory (python -m "
+                     "cavmae_jax.export)")
+
+
+def read_config(step_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run config saved in a step directory (None for checkpoints written before it was)."""
+    path = _absolute(step_dir)
+    if not (path / _CONFIG).exists():
+        return None
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        restored = ckptr.restore(path, args=ocp.args.Composite(**{_CONFIG: ocp.args.JsonRestore()}))
+    return dict(restored[_CONFIG])
+
+
+def restore_params(step_dir: str | os.PathLike, abstract_params: PyTree) -> PyTree:
+    """Only the params of a training step directory (no optimizer state is read).
+
+    `abstract_params`: `jax.ShapeDtypeStruct`s with shardings, e.g. the model's
+    `jax.eval_shape` of its init placed on a mesh.
+    """
+    path = _absolute(step_dir)
+    item = {"params": abstract_params}
+    args = ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        restored = ckptr.restore(path, args=ocp.args.Composite(**{_STATE: args}))
+    return restored[_STATE]["params"]
 
 
 # -- params-only checkpoints ------------------------------------------------------------------

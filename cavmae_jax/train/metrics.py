@@ -41,6 +41,22 @@ def check_finite(metrics: Mapping[str, Any], step: int) -> None:
         raise FloatingPointError(f"Non-finite metrics at step {step}: {parts}")
 
 
+def _truncate_jsonl(path: pathlib.Path, last_step: int) -> None:
+    """Keeps the rows of `path` with step <= last_step (all of them are dropped at step 0)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= last_step:
+                keep.append(line)
+        except (ValueError, AttributeError):
+            continue  # a line cut by a crash
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def _is_lr(name: str) -> bool:
     """'lr', 'train/lr', 'head_lr', 'learning_rate' are learning rates (printed as %.2e)."""
     leaf = name.split("/")[-1]
@@ -58,7 +74,9 @@ class MetricWriter:
     `num_examples` (the number of examples processed since the previous such call).
     """
 
-    def __init__(self, workdir: str | os.PathLike, total_steps: int):
+    def __init__(self, workdir: str | os.PathLike, total_steps: int, resume_step: int = 0):
+        """Opens the writers; `resume_step`: rows after it in metrics.jsonl (from a run that
+        went on past its last checkpoint) are dropped, so a resumed run does not repeat them."""
         self.workdir = pathlib.Path(workdir)
         self.total_steps = int(total_steps)
         self.active = jax.process_index() == 0
@@ -69,6 +87,7 @@ class MetricWriter:
             from tensorboardX import SummaryWriter  # heavy import; host 0 only
 
             self.workdir.mkdir(parents=True, exist_ok=True)
+            _truncate_jsonl(self.workdir / "metrics.jsonl", resume_step)
             self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
             self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 

@@ -13,6 +13,7 @@ path, so 'mlp_head' matches a prefix and 'pos_embed' matches any fixed sin-cos t
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -24,28 +25,36 @@ import optax
 Schedule = Callable[[jax.Array | int], jax.Array]
 PyTree = Any
 
-# The full optimizer config schema, with defaults. `build_optimizer` rejects unknown keys.
-OPTIM_DEFAULTS: dict[str, Any] = {
-    "name": "official_adam",  # 'official_adam' | 'adamw'
-    "lr": 1e-4,  # base (peak) learning rate
-    "weight_decay": 5e-7,  # coupled L2 for official_adam, decoupled for adamw
-    "b1": 0.95,
-    "b2": 0.999,
-    "eps": 1e-8,
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The `optim` section of a run's config: optimizer, LR schedule, param groups, clipping."""
+
+    name: str = "official_adam"  # 'official_adam' | 'adamw'
+    lr: float = 1e-4  # base (peak) learning rate
+    weight_decay: float = 5e-7  # coupled L2 for official_adam, decoupled for adamw
+    b1: float = 0.95
+    b2: float = 0.999
+    eps: float = 1e-8
     # official_adam: MultiStepLR(milestones=range(lr_decay_start, 1000, lr_decay_step), gamma).
-    "lr_decay_start": 10,
-    "lr_decay_step": 5,
-    "lr_decay_rate": 0.5,
+    lr_decay_start: int = 10
+    lr_decay_step: int = 5
+    lr_decay_rate: float = 0.5
     # adamw: linear warmup 0 -> lr over warmup_steps, then cosine to end_lr at total_steps.
-    "warmup_steps": 0,
-    "end_lr": 0.0,
-    "decay_1d": False,  # adamw: also decay 1-D params (biases, norms)?
+    warmup_steps: int = 0
+    end_lr: float = 0.0
+    decay_1d: bool = False  # adamw: also decay 1-D params (biases, norms)?
     # Both: param groups and clipping.
-    "head_lr_mult": 1.0,
-    "head_patterns": ("mlp_head",),
-    "freeze_patterns": (),
-    "grad_clip_norm": 0.0,  # 0 = no clipping
-}
+    head_lr_mult: float = 1.0
+    head_patterns: tuple[str, ...] = ("mlp_head",)
+    freeze_patterns: tuple[str, ...] = ()  # besides the model's fixed tables (always frozen)
+    grad_clip_norm: float = 0.0  # 0 = no clipping
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"name must be one of {OPTIMIZERS}, got {self.name!r}")
+
+
+OPTIMIZERS = ("official_adam", "adamw")
 
 
 def param_path(path: Sequence[Any]) -> str:
@@ -136,14 +145,16 @@ def scale_matching(patterns: Sequence[str], factor: float) -> optax.GradientTran
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _config_dict(config: Mapping[str, Any] | Any) -> dict[str, Any]:
-    """Config (dict or ConfigDict) merged over OPTIM_DEFAULTS; unknown keys raise."""
+def _config_dict(config: OptimConfig | Mapping[str, Any] | Any) -> dict[str, Any]:
+    """OptimConfig, or a dict / ConfigDict of some of its fields -> all fields (unknown: raise)."""
+    if isinstance(config, OptimConfig):
+        return dataclasses.asdict(config)
     raw = dict(config.to_dict() if hasattr(config, "to_dict") else config)
-    unknown = sorted(set(raw) - set(OPTIM_DEFAULTS))
+    known = {f.name for f in dataclasses.fields(OptimConfig)}
+    unknown = sorted(set(raw) - known)
     if unknown:
-        known = sorted(OPTIM_DEFAULTS)
-        raise ValueError(f"Unknown optimizer config key(s) {unknown}; known keys: {known}")
-    return {**OPTIM_DEFAULTS, **raw}
+        raise ValueError(f"Unknown optimizer config key(s) {unknown}; known keys: {sorted(known)}")
+    return dataclasses.asdict(OptimConfig(**raw))
 
 
 def build_schedule(
@@ -170,9 +181,9 @@ def build_schedule(
 
 
 def build_optimizer(
-    config: Mapping[str, Any] | Any, steps_per_epoch: int, total_steps: int | None = None
+    config: OptimConfig | Mapping[str, Any], steps_per_epoch: int, total_steps: int | None = None
 ) -> tuple[optax.GradientTransformation, Schedule]:
-    """The full optax chain for `config` (see OPTIM_DEFAULTS) and its base-LR schedule.
+    """The optax chain for `config` (OptimConfig or a dict of its fields), its base-LR schedule.
 
     Order: [clip] -> official: +wd*p, Adam | adamw: Adam, +wd*p -> -lr -> [x head_lr_mult].
     Frozen params (freeze_patterns) get exactly zero updates and no optimizer state, as torch
