@@ -155,23 +155,94 @@ def probe(path: str | os.PathLike, frame_count: str = "opencv") -> VideoInfo:
                          duration, bool(c.streams.audio))
 
 
-def _decode_indices(path: str, wanted: Sequence[int]) -> tuple[dict[int, Image.Image], int]:
-    """Decodes frames in order, keeping those at `wanted` indices; returns (frames, count seen)."""
-    import av
+class FrameStream:
+    """One front-to-back decode of a video's frames, handed out by decode-order index.
 
-    wanted_set = set(int(i) for i in wanted)
-    last = max(wanted_set)
-    got: dict[int, Image.Image] = {}
-    i = -1
-    with av.open(path) as c:
-        v = c.streams.video[0]
-        v.thread_type = "AUTO"
-        for i, frame in enumerate(c.decode(v)):
-            if i in wanted_set:
-                got[i] = frame.to_image()
-            if i >= last:
+    `take` returns the frames at the wanted indices and keeps its place, so that consecutive
+    segments of a long video cost one decoding pass in all, and only the wanted frames are
+    converted to images. Indices must not go back before the frames already passed.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self.next_index = 0  # decode-order index of the next frame; the frame count once ended
+        self.ended = False
+        self._container = None
+        self._frames = None
+
+    def take(self, wanted: Sequence[int]) -> dict[int, Image.Image]:
+        """Decodes up to max(wanted); returns {index: RGB image} (fewer when the stream ends)."""
+        wanted_set = {int(i) for i in wanted}
+        if not wanted_set:
+            return {}
+        if min(wanted_set) < self.next_index:
+            raise ValueError(f"frame {min(wanted_set)} was already passed "
+                             f"(stream at frame {self.next_index})")
+        last = max(wanted_set)
+        got: dict[int, Image.Image] = {}
+        if self._frames is None and not self.ended:
+            import av
+
+            self._container = av.open(self.path)
+            v = self._container.streams.video[0]
+            v.thread_type = "AUTO"
+            self._frames = self._container.decode(v)
+        while self.next_index <= last and not self.ended:
+            frame = next(self._frames, None)
+            if frame is None:
+                self.ended = True
+                self.close()
                 break
-    return got, i + 1
+            if self.next_index in wanted_set:
+                got[self.next_index] = frame.to_image()
+            self.next_index += 1
+        return got
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._frames = None
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> FrameStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_segment_frames(stream: FrameStream, info: VideoInfo, num_frames: int = 16,
+                        clip_seconds: float = CLIP_SECONDS, start_frame: int = 0,
+                        size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray] | None:
+    """The official N frames of the clip starting at `start_frame`, from a running FrameStream.
+
+    When the stream ends before the container's frame count (a wrong or estimated count), the
+    indices are recomputed from the frames actually decoded, as if the true count had been
+    known; those frames are read by one more pass from the start (only then).
+
+    Returns:
+      (frames [N, size, size, 3] uint8 RGB, decode-order indices [N] int64), or None when the
+      video has no frame at or after `start_frame`.
+
+    Raises:
+      ValueError: frames that cannot be decoded consistently.
+    """
+    count = info.frame_count - start_frame
+    if count <= 0 or (stream.ended and stream.next_index <= start_frame):
+        return None
+    idx = official_frame_indices(count, info.fps, num_frames, clip_seconds, start_frame)
+    got = stream.take(idx)
+    if len(got) < len(set(idx.tolist())):
+        actual = stream.next_index - start_frame
+        if actual <= 0:
+            return None
+        idx = official_frame_indices(actual, info.fps, num_frames, clip_seconds, start_frame)
+        with FrameStream(stream.path) as again:
+            got = again.take(idx)
+        if len(got) < len(set(idx.tolist())):
+            raise ValueError("video frames could not be decoded consistently")
+    frames = np.stack([resize_center_crop(got[int(i)], size) for i in idx])
+    return frames, idx
 
 
 def read_frames(path: str | os.PathLike, num_frames: int = 16,
@@ -180,8 +251,9 @@ def read_frames(path: str | os.PathLike, num_frames: int = 16,
                 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Decodes the official N frames of a clip, resized and center-cropped.
 
-    When the stream ends before the container's frame count (a common metadata error), the
-    indices are recomputed from the frames actually decoded, as if the true count had been known.
+    Decoding stops after the last frame needed. When the stream ends before the container's
+    frame count (a common metadata error), the indices are recomputed from the frames actually
+    decoded, as if the true count had been known.
 
     Returns:
       (frames [N, size, size, 3] uint8 RGB, decode-order indices [N] int64, fps).
@@ -191,16 +263,8 @@ def read_frames(path: str | os.PathLike, num_frames: int = 16,
     """
     path = os.fspath(path)
     info = info or probe(path)
-    count = info.frame_count - start_frame
-    idx = official_frame_indices(count, info.fps, num_frames, clip_seconds, start_frame)
-    got, seen = _decode_indices(path, idx)
-    if len(got) < len(set(idx.tolist())):
-        actual = seen - start_frame
-        if actual <= 0:
-            raise ValueError(f"no decodable video frame at or after frame {start_frame}")
-        idx = official_frame_indices(actual, info.fps, num_frames, clip_seconds, start_frame)
-        got, _ = _decode_indices(path, idx)
-        if len(got) < len(set(idx.tolist())):
-            raise ValueError("video frames could not be decoded consistently")
-    frames = np.stack([resize_center_crop(got[int(i)], size) for i in idx])
-    return frames, idx, info.fps
+    with FrameStream(path) as stream:
+        out = read_segment_frames(stream, info, num_frames, clip_seconds, start_frame, size)
+    if out is None:
+        raise ValueError(f"no decodable video frame at or after frame {start_frame}")
+    return out[0], out[1], info.fps

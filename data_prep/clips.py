@@ -2,15 +2,19 @@
 
 The per-clip half of the conversion, shared by `data_prep.convert` (local shards) and
 `data_prep.tfds_builder` (TFDS / Beam): decode the audio (first channel or mean), resample to
-16 kHz, remove the mean, Kaldi fbank, pad/cut to `target_length`; the official window table;
-N frames at the official indices, shorter side -> 224 + center crop, JPEG. A broken or unusable
-input raises `ClipError` with a plain-language reason (it goes to failures.jsonl).
+16 kHz, round to 16-bit PCM, remove the mean, Kaldi fbank, pad/cut to `target_length`; the
+official window table; N frames at the official indices, shorter side -> 224 + center crop,
+JPEG. A broken or unusable input raises `ClipError` with a plain-language reason (it goes to
+failures.jsonl). Audio and video are decoded once, front to back, and only as far as the
+records need (`iter_clip` makes them one at a time), so memory does not grow with the input's
+length.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,6 +24,13 @@ from cavmae_jax.data import records
 from data_prep.inputs import Item
 
 SILENCE_PEAK = 1e-4  # |x| <= this everywhere (-80 dBFS) counts as silent: kept, but flagged
+# Without --split_long a record uses the start of its input: the fbank reads the first
+# (target_length - 1) x 10 ms + 25 ms, the frames the first clip_seconds. Audio is decoded up to
+# this long (or that need), never more, so memory and time do not grow with the input's length.
+# Inputs up to this long give exactly the records of a whole-track decode; for longer ones the
+# clip mean removed before the fbank is that of the decoded part, which changes the fbank only
+# by float rounding (Kaldi's fbank removes each frame's DC offset, cancelling any constant).
+MAX_AUDIO_SECONDS = 60.0
 
 
 class ClipError(Exception):
@@ -66,11 +77,58 @@ def _media_error(e: Exception, what: str) -> ClipError:
     return ClipError(f"{what}: {type(e).__name__}: {e}")
 
 
-def _load_wave(path: str, cfg: ConvertConfig) -> np.ndarray:
+def _audio_cap(cfg: ConvertConfig) -> int:
+    """Samples a record without --split_long decodes at most (see MAX_AUDIO_SECONDS)."""
+    size, shift = int(cfg.sample_rate * 0.025), int(cfg.sample_rate * 0.010)
+    need = (cfg.target_length - 1) * shift + size  # what the fbank reads
+    seconds = max(cfg.clip_seconds, MAX_AUDIO_SECONDS)
+    return max(need, int(round(seconds * cfg.sample_rate)))
+
+
+def _decoded(chunks: Iterator[np.ndarray], what: str) -> Iterator[np.ndarray]:
+    """`chunks`, with decoder errors turned into ClipError."""
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - every decoder error becomes a failure reason
+            raise _media_error(e, what) from None
+        yield chunk
+
+
+def _audio_pieces(path: str, cfg: ConvertConfig) -> Iterator[tuple[int, np.ndarray]]:
+    """(first sample, waveform) of each record, from one sequential decode of the audio.
+
+    Without --split_long: the start of the input (at most `_audio_cap` samples; the rest of a
+    long file is never decoded). With it: consecutive clip_seconds pieces, one held at a time;
+    the first piece always, a trailing piece shorter than half a clip is dropped.
+    """
+    stream = audio.stream_audio(path, cfg.sample_rate, cfg.mix, cfg.pcm16)
     try:
-        return audio.load_audio(path, cfg.sample_rate, cfg.mix, cfg.pcm16)
-    except Exception as e:  # noqa: BLE001 - every decoder error becomes a failure reason
-        raise _media_error(e, "audio") from None
+        chunks = _decoded(stream, "audio")
+        if not cfg.split_long:
+            cap, buf, have = _audio_cap(cfg), [], 0
+            for chunk in chunks:
+                buf.append(chunk)
+                have += chunk.shape[0]
+                if have >= cap:
+                    break
+            yield 0, np.concatenate(buf)[:cap]
+            return
+        seg = int(round(cfg.clip_seconds * cfg.sample_rate))
+        buf, have, start = [], 0, 0
+        for chunk in chunks:
+            buf.append(chunk)
+            have += chunk.shape[0]
+            while have >= seg:
+                wave = np.concatenate(buf)
+                yield start, wave[:seg]
+                buf, have, start = [wave[seg:]], have - seg, start + seg
+        if start == 0 or have >= seg / 2:
+            yield start, np.concatenate(buf)
+    finally:
+        stream.close()
 
 
 def _image_jpeg(path: str, cfg: ConvertConfig) -> bytes:
@@ -92,23 +150,13 @@ def _image_jpeg(path: str, cfg: ConvertConfig) -> bytes:
     return video.encode_jpeg(arr, cfg.jpeg_quality)
 
 
-def _segments(num_samples: int, cfg: ConvertConfig) -> list[tuple[int, int]]:
-    """[start, end) sample ranges: the whole clip, or clip_seconds pieces with --split_long."""
-    if not cfg.split_long:
-        return [(0, num_samples)]
-    seg = int(round(cfg.clip_seconds * cfg.sample_rate))
-    out = [(0, min(seg, num_samples))]
-    start = seg
-    while num_samples - start >= seg / 2:
-        out.append((start, min(start + seg, num_samples)))
-        start += seg
-    return out
+def iter_clip(item: Item, cfg: ConvertConfig) -> Iterator[dict[str, Any]]:
+    """One input -> record examples (dicts for `records.encode`), made one at a time.
 
-
-def process_clip(item: Item, cfg: ConvertConfig) -> list[dict[str, Any]]:
-    """One input -> record examples (dicts for `records.encode`). Raises ClipError.
-
-    Importable on its own (a TFDS/Beam builder can map it over items).
+    Audio and video are each decoded once, front to back, and only as far as the records need;
+    with --split_long one segment's audio and frames are held at a time, so memory does not
+    grow with the input's length. Raises ClipError (possibly after yielding some examples: a
+    caller that needs all or nothing collects them first, as `process_item` does).
     """
     visual = item.video
     if visual is not None:
@@ -126,7 +174,21 @@ def process_clip(item: Item, cfg: ConvertConfig) -> list[dict[str, Any]]:
         _check_file(item.audio, "audio")
     elif not info.has_audio:
         raise ClipError("video has no audio stream")
-    wave = _load_wave(audio_path, cfg)
+    pieces = _audio_pieces(audio_path, cfg)
+    frames = video.FrameStream(visual) if visual is not None else None
+    try:
+        yield from _examples(item, cfg, pieces, frames, info if visual is not None else None)
+    finally:
+        pieces.close()
+        if frames is not None:
+            frames.close()
+
+
+def _examples(item: Item, cfg: ConvertConfig, pieces: Iterator[tuple[int, np.ndarray]],
+              frames: video.FrameStream | None, info: video.VideoInfo | None
+              ) -> Iterator[dict[str, Any]]:
+    """The records of `iter_clip`, piece by piece (one piece of lookahead for the ids)."""
+    current = next(pieces)  # audio errors come first
 
     still = None
     if item.image is not None:
@@ -142,34 +204,42 @@ def process_clip(item: Item, cfg: ConvertConfig) -> list[dict[str, Any]]:
         pre_extracted = [_image_jpeg(p, cfg) for p in item.frame_paths]
 
     windows = audio.window_table(cfg.num_frames, cfg.window_length, cfg.target_length)
-    segments = _segments(wave.shape[0], cfg)
-    examples = []
-    for j, (s0, s1) in enumerate(segments):
-        piece = wave[s0:s1]
+    several = False
+    j = 0
+    while current is not None:
+        nxt = next(pieces, None)
+        if j == 0:
+            several = cfg.split_long and nxt is not None
+        s0, piece = current
         if piece.shape[0] < audio.FRAME_LENGTH:
             raise ClipError(f"audio too short: {piece.shape[0]} samples at {cfg.sample_rate} Hz "
                             f"(< {audio.FRAME_LENGTH}, one 25 ms frame), no fbank frame")
         fbank, n_real = audio.wave_to_fbank(piece, cfg.sample_rate, cfg.target_length)
         src_idx = np.full(cfg.num_frames, -1, np.int64)
         fps = 0.0
-        if visual is not None:
+        if frames is not None:
             start_frame = int(round(j * info.fps * cfg.clip_seconds)) if cfg.split_long else 0
-            if start_frame >= info.frame_count:
-                break  # video ends before the audio does: no frames for this segment
             try:
-                frames, src_idx, fps = video.read_frames(
-                    visual, cfg.num_frames, cfg.clip_seconds, start_frame, cfg.image_size, info)
+                got = video.read_segment_frames(frames, info, cfg.num_frames, cfg.clip_seconds,
+                                                start_frame, cfg.image_size)
             except Exception as e:  # noqa: BLE001
                 raise _media_error(e, "video") from None
-            jpegs = [video.encode_jpeg(f, cfg.jpeg_quality) for f in frames]
+            if got is None:
+                if j == 0:
+                    raise ClipError(f"video: no decodable video frame at or after frame "
+                                    f"{start_frame}")
+                return  # video ends before the audio does: no frames for this segment
+            rgb, src_idx = got
+            fps = info.fps
+            jpegs = [video.encode_jpeg(f, cfg.jpeg_quality) for f in rgb]
         elif still is not None:
             jpegs = [still] * cfg.num_frames
         else:
             jpegs = pre_extracted
         real = fbank[:n_real].astype(np.float64)
-        clip_id = f"{item.id}_seg{j:03d}" if cfg.split_long and len(segments) > 1 else item.id
+        clip_id = f"{item.id}_seg{j:03d}" if several else item.id
         silent = bool(np.max(np.abs(piece)) <= SILENCE_PEAK)
-        examples.append({
+        yield {
             "id": clip_id,
             "fbank": fbank,
             "num_fbank_frames": n_real,
@@ -188,25 +258,40 @@ def process_clip(item: Item, cfg: ConvertConfig) -> list[dict[str, Any]]:
             },
             # Not stored in the record: running sums for metadata's fbank mean/std.
             "_stats": (float(real.sum()), float(np.square(real).sum()), int(real.size)),
-        })
-    return examples
+        }
+        current, j = nxt, j + 1
+
+
+def process_clip(item: Item, cfg: ConvertConfig) -> list[dict[str, Any]]:
+    """One input -> all its record examples (dicts for `records.encode`). Raises ClipError.
+
+    Importable on its own (a TFDS/Beam builder can map it over items).
+    """
+    return list(iter_clip(item, cfg))
+
+
+def encoded_records(item: Item, cfg: ConvertConfig) -> Iterator[tuple]:
+    """("ok", id, record bytes, fbank sums, silent) per record, one at a time. Raises."""
+    for ex in iter_clip(item, cfg):
+        stats = ex.pop("_stats")
+        yield ("ok", ex["id"], records.encode(ex, cfg.jpeg_quality), stats,
+               ex["source"]["silent"])
+
+
+def failure_reason(e: Exception) -> str:
+    """The failures.jsonl reason for an exception raised while converting an input."""
+    if isinstance(e, ClipError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
 
 
 def process_item(item: Item, cfg: ConvertConfig) -> list[tuple]:
     """process_clip that never raises: [("ok", id, bytes, stats, silent), ...] / [("fail", why)]."""
     try:
-        out = []
-        for ex in process_clip(item, cfg):
-            stats = ex.pop("_stats")
-            out.append(("ok", ex["id"], records.encode(ex, cfg.jpeg_quality), stats,
-                        ex["source"]["silent"]))
+        out = list(encoded_records(item, cfg))
         if not out:
             return [("fail", "no record produced")]
         return out
-    except ClipError as e:
-        return [("fail", str(e))]
     except Exception as e:  # noqa: BLE001 - one bad input must not stop the run
-        return [("fail", f"{type(e).__name__}: {e}")]
+        return [("fail", failure_reason(e))]
 
-
-_WORKER_CFG: ConvertConfig | None = None
