@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5's accelerator check in one command: the Sync train step at base size in bfloat16 with
+# The accelerator check in one command: the Sync train step at base size in bfloat16 with
 # cuDNN attention (the MFU target), beside the same step with XLA attention and in float32, all
 # on the same card in one run so that they compare. For the project's device tool:
 #

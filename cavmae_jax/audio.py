@@ -27,7 +27,7 @@ NUM_MEL_BINS = 128
 FRAME_LENGTH = 400  # 25 ms at 16 kHz
 FRAME_SHIFT = 160  # 10 ms at 16 kHz
 TARGET_LENGTH = 1024  # whole-clip fbank length (official `_wav2fbank`)
-FBANK_MEAN = -5.081  # official normalization stats (CAV-MAE README, issue #24)
+FBANK_MEAN = -5.081  # official normalization stats (the CAV-MAE authors' README: AudioSet mean and std)
 FBANK_STD = 4.4849
 LOG_FLOOR = float(np.finfo(np.float32).eps)  # Kaldi floors the mel energies at float32 eps
 PREEMPHASIS = 0.97
@@ -225,16 +225,10 @@ def _pyav_chunks(path: str, sample_rate: int) -> Iterator[np.ndarray]:
 
 
 def _resampled(chunks: Iterator[np.ndarray], orig_sr: int, target_sr: int) -> Iterator[np.ndarray]:
-    """Mono chunks resampled with soxr 'HQ' (librosa's default 'soxr_hq') in a stream: the
-    output equals one `soxr.resample` call over the concatenated input."""
-    try:
-        import soxr  # librosa's own backend; calling it directly skips librosa's slow first call
-    except ImportError:  # pragma: no cover
-        import librosa
+    """Mono chunks resampled with soxr 'HQ' in a stream (librosa's default `soxr_hq`, called
+    directly): the output equals one `soxr.resample` call over the concatenated input."""
+    import soxr
 
-        x = np.concatenate(list(chunks))
-        yield librosa.resample(x, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq")
-        return
     rs = soxr.ResampleStream(orig_sr, target_sr, 1, dtype="float32", quality="HQ")
     for chunk in chunks:
         out = rs.resample_chunk(np.ascontiguousarray(chunk, np.float32), last=False)

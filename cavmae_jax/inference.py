@@ -10,7 +10,7 @@ The audio of the whole clip becomes a 1024-frame Kaldi fbank, and each of the N 
 paired with its own window of `model.config.audio_length` frames (Sync) -- or the full fbank
 when audio_length is 1024 (CAV-MAE) -- exactly as training and retrieval see them. Skipping
 the pad-to-1024-then-window step or using the wrong register count are the usual reasons a
-checkpoint "does not work" (official Sync issue #6).
+checkpoint "does not work".
 """
 
 import os

@@ -1,4 +1,4 @@
-"""CAV-MAE pretraining, the official AudioSet-2M 'base' recipe (spec §4.1).
+"""CAV-MAE pretraining, the official AudioSet-2M 'base' recipe.
 
 Batch 48, Adam with coupled L2 5e-7, betas (0.95, 0.999), lr 5e-5 halved after epochs 10, 15,
 20, 25 epochs, mask 0.75 on both modalities, lambda_c 0.01, norm_pix_loss on, full 1024-frame

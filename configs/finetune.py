@@ -5,7 +5,7 @@
     python -m cavmae_jax.main --config=configs/finetune.py:as20k ...
     python -m cavmae_jax.main --config=configs/finetune.py:vggsound_local ...   # tiny, quick
 
-From the official scripts (spec §4.2): CAVMAEFT encoder (trainable positional tables), the
+From the official finetuning scripts: CAVMAEFT encoder (trainable positional tables), the
 multimodal mode, full 1024-frame audio, init from a pretrained CAV-MAE (`cav-mae-scale++`;
 convert it with `python -m cavmae_jax.convert` and pass it as init_from), Adam with coupled L2
 5e-7 and betas (0.95, 0.999) with the head at `head_lr_mult` x lr, lr x0.5 per epoch from

@@ -2,7 +2,7 @@
 
 Architecture = the released model: 4.16 s windows (416 fbank frames) paired with one of 16
 frames, global tokens, 8 register tokens, no contrastive heads. The training recipe is CAV-MAE's
-(spec §4.1), which Sync was built from: Adam with coupled L2 5e-7, betas (0.95, 0.999), lr 5e-5
+(its AudioSet-2M pretraining script), which Sync was built from: Adam with coupled L2 5e-7, betas (0.95, 0.999), lr 5e-5
 halved after epochs 10, 15, 20, batch 48, 25 epochs, mask 0.75, lambda_c 0.01, lambda_mae 1.0,
 noise augmentation. norm_pix_loss is off (the Sync constructor default; it does not affect
 retrieval). Each clip contributes one random (window, frame) pair per visit, as the official

@@ -7,7 +7,7 @@
 
 Same inputs and input flags as `data_prep.convert` (folder of videos / official datafile JSON /
 pairs CSV, read by `convert.collect_items`) and the same per-clip code (`convert.process_item`),
-so every example holds exactly the record bytes the local CLI writes for that clip: the spec is
+so every example holds exactly the record bytes the local CLI writes for that clip, as features
 `{"record": bytes (a `cavmae_jax.data.records` record), "id": text}` and `records.decode`
 reads both. With `--beam_runner`/`--beam_options` the clips are converted by an Apache Beam
 pipeline (DirectRunner here; Dataflow, Flink or Spark by pipeline options); without them TFDS

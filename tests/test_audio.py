@@ -6,7 +6,7 @@ import soundfile as sf
 
 from cavmae_jax import audio
 
-# Spec §1.6: windows for N=16, L=416, as [start, end).
+# The official windows for N=16, L=416, as [start, end).
 SPEC_TABLE_16_416 = (
     [(0, 416)] * 4
     + [(48, 464), (112, 528), (176, 592), (240, 656), (304, 720), (368, 784), (432, 848),
@@ -56,7 +56,7 @@ def test_wave_to_fbank_follows_official_loader(fbank_npz):
     loud = ref > -10
     assert np.abs(fb[:998] - ref)[loud].max() <= 2e-3
     assert np.all(fb[998:] == 0.0)
-    # Padding is 0 in the log domain, +1.1329 after normalization (spec §1.6).
+    # Padding is 0 in the log domain, +1.1329 after normalization.
     np.testing.assert_allclose(audio.normalize(fb[1000]), 5.081 / 4.4849, rtol=1e-6)
 
 

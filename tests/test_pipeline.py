@@ -18,7 +18,7 @@ from data_prep import convert
 from data_prep import synthetic as prep
 
 NUM_TRAIN, NUM_EVAL, N = 7, 3, 16
-# Spec §1.6: the official windows for N = 16 frames and L = 416.
+# The official windows for N = 16 frames and L = 416.
 SPEC_WINDOWS = [(0, 416)] * 4 + [(48, 464), (112, 528), (176, 592), (240, 656), (304, 720),
                                  (368, 784), (432, 848), (496, 912), (560, 976)] + [(608, 1024)] * 3
 AUGMENT = {"noise": True, "freqm": 24, "timem": 60, "mixup": 0.5, "label_smooth": 0.1,
@@ -231,7 +231,7 @@ def test_augmented_train_batches(data_dir, recs):
     # Mixup on: float32 pixels for the whole batch (a mixed image is not an integer one).
     assert b["video"].shape == (7, 224, 224, 3) and b["video"].dtype == np.float32
     assert 0 <= b["video"].min() and b["video"].max() <= 255
-    # Labels (spec §3, ls = 0.1, K = 4): unmixed = positives 0.9, others 0.025; mixed =
+    # Labels (label smoothing 0.1, K = 4): unmixed = positives 0.9, others 0.025; mixed =
     # 0.025 + lam * 0.9 * y1 + (1 - lam) * 0.9 * y2, so the clip's own positives exceed 0.025.
     mixed = 0
     for i in range(7):

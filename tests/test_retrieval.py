@@ -132,7 +132,7 @@ def test_metrics_with_quantized_ties():
     assert got["num_tied"] == brute_tied > 0
     # Our rank is the FIRST position where the official code finds the true score.
     np.testing.assert_array_equal(R.retrieval_ranks(sim), _official_first_hit_ranks(sim))
-    # The official np.where keeps every tied position: more entries than queries (spec §8).
+    # The official np.where keeps every tied position: more entries than queries.
     sx = np.sort(-sim, axis=1)
     assert np.count_nonzero(sx - np.diag(-sim)[:, None] == 0) > n
 

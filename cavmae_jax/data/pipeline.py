@@ -1,9 +1,9 @@
 """Grain pipelines over a data_prep.convert folder or a tfds_builder build: train, eval, retrieval.
 
-Three modes, as in the official Sync loader (spec §1.6):
+Three modes, as in the official Sync loader:
 
 - train: every clip once per epoch in a seeded order that changes each epoch, repeated;
-  per visit one frame k ~ U[0, N) paired with its audio window; augmentations (spec §3);
+  per visit one frame k ~ U[0, N) paired with its audio window; augmentations (noise, mixup, crop/flip: data/augment.py);
   batches of `global_batch_size // process_count`, remainder dropped.
 - eval: k = N // 2 (or `eval_frame`), records in order, no augmentation, one pass; the last
   batch is padded (`valid` False) so that every process yields the same number of batches.

@@ -1,6 +1,6 @@
 """Audio-visual retrieval scoring: aggregated similarity, recall@k and median rank.
 
-The protocol follows the official CAV-MAE / CAV-MAE Sync `retrieval.py` (spec §1.7, §5): every clip
+The protocol follows the official CAV-MAE / CAV-MAE Sync `retrieval.py`: every clip
 contributes K per-pair embeddings (K = 16 aligned audio-window / video-frame pairs for Sync, K = 1
 for CAV-MAE's middle frame), embeddings are L2-normalized, a full (audio x video) similarity matrix
 is built over the pool, rows are queries and the diagonal is the ground truth. A->V ranks the rows
@@ -129,7 +129,7 @@ def retrieval_ranks(sim: np.ndarray) -> np.ndarray:
     ties resolve in favour of the true match. This is the first position at which the official
     `compute_metrics` finds the diagonal score in the sorted row. The official code then keeps
     *every* position holding that score (`np.where(sorted - diag == 0)`), so a query with ties
-    contributes several entries and the denominator exceeds the number of queries (spec §8: e.g.
+    contributes several entries and the denominator exceeds the number of queries (e.g.
     identical embeddings from all-zero fallback inputs). We keep exactly one rank per query.
     Without ties both definitions agree exactly. Note the optimism: a degenerate query whose row is
     all ties (an all-zero embedding) ranks 1, as its first official entry does too;
