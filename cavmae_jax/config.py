@@ -257,7 +257,21 @@ def build(tree: ml_collections.ConfigDict | Mapping[str, Any] | Config) -> Confi
     if not 0.0 <= cfg.data.augment.mixup <= 1.0:
         raise ConfigError(f"config.data.augment.mixup is a probability, got "
                           f"{cfg.data.augment.mixup}")
+    _check_moments(cfg)
     return cfg
+
+
+def _check_moments(cfg: Config) -> None:
+    """data.moments_per_clip M: >= 1, divides the batch, and not with mixup."""
+    m = cfg.data.moments_per_clip
+    if m < 1:
+        raise ConfigError(f"config.data.moments_per_clip must be >= 1, got {m}")
+    if m > 1 and cfg.data.augment.mixup > 0:
+        raise ConfigError("config.data.moments_per_clip > 1 does not combine with "
+                          "config.data.augment.mixup (a mixed example has no single moment)")
+    if cfg.train.global_batch_size % m:
+        raise ConfigError(f"config.train.global_batch_size={cfg.train.global_batch_size} is not "
+                          f"a multiple of config.data.moments_per_clip={m}")
 
 
 def from_dict(values: Mapping[str, Any]) -> Config:

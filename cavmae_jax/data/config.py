@@ -52,6 +52,9 @@ class PipelineConfig:
     augment: AugmentConfig = AugmentConfig()
     pad_eval: bool = True  # pad eval/retrieval so all processes yield equal batch counts
     balanced_sampling: bool = False  # train: the official class-balanced draws (data/sampling.py)
+    # train: M distinct moments (frame k + its window) of each clip per batch, next to each other;
+    # the clip's other moments become in-batch negatives. 1 = the official one k per clip.
+    moments_per_clip: int = 1
     worker_count: int = 0  # Grain worker processes (0: threads in this process; fastest on CPU)
     worker_buffer_size: int = 2  # batches buffered per worker
     read_threads: int = 2  # threads per process producing batches
@@ -106,6 +109,11 @@ def make_config(config: PipelineConfig | Mapping[str, Any] | None = None,
         raise ValueError(f"window_length must be positive, got {cfg.window_length}")
     if not 0.0 <= cfg.augment.mixup <= 1.0:
         raise ValueError(f"augment.mixup is a probability, got {cfg.augment.mixup}")
+    if cfg.moments_per_clip < 1:
+        raise ValueError(f"moments_per_clip must be >= 1, got {cfg.moments_per_clip}")
+    if cfg.moments_per_clip > 1 and cfg.augment.mixup > 0:
+        raise ValueError("moments_per_clip > 1 does not combine with augment.mixup (a mixed "
+                         "example has no single moment); set one of them off")
     return cfg
 
 

@@ -3,8 +3,11 @@
 Three modes, as in the official Sync loader:
 
 - train: every clip once per epoch in a seeded order that changes each epoch, repeated;
-  per visit one frame k ~ U[0, N) paired with its audio window; augmentations (noise, mixup, crop/flip: data/augment.py);
-  batches of `global_batch_size // process_count`, remainder dropped.
+  per visit one frame k ~ U[0, N) paired with its audio window; augmentations (noise, mixup,
+  crop/flip: data/augment.py); batches of `global_batch_size // process_count`, remainder
+  dropped. With `moments_per_clip` M > 1 a visit yields M distinct moments of the clip (read
+  once), next to each other in the batch, so the contrastive loss sees the clip's other moments
+  as negatives; a batch then holds b / M clips (not the official recipe, which is M = 1).
 - eval: k = N // 2 (or `eval_frame`), records in order, no augmentation, one pass; the last
   batch is padded (`valid` False) so that every process yields the same number of batches.
 - retrieval: all N (window_k, frame_k) pairs of each clip, in order: `audio` [N, L, 128],
@@ -215,11 +218,47 @@ class TrainExample(grain.transforms.Map):
                 frame, rng, r.config.image_size, aug.crop_scale, aug.crop_ratio, aug.flip_prob)
         return r.window(rec, k), frame, r.labels(rec), k
 
+    def _moments(self, clip: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """M distinct moments of one clip (one record read): arrays with leading [M].
+
+        Draw order: the M k's (without replacement), then per moment crop/flip, SpecAugment,
+        noise. Mixup is refused with M > 1 by the config.
+        """
+        r = self.reader
+        aug = r.config.augment
+        m = r.config.moments_per_clip
+        rec = r.read(clip)
+        n = int(rec["num_frames"])
+        if m > n:
+            raise ValueError(f"moments_per_clip {m} > the clip's {n} frames")
+        ks = np.sort(rng.choice(n, size=m, replace=False))
+        y = augment.smooth_labels(r.labels(rec), aug.label_smooth)
+        out: dict[str, list] = {"audio": [], "video": []}
+        for k in ks:
+            frame = r.frame(rec, int(k))
+            if aug.crop_and_flip:
+                frame = augment.random_resized_crop_and_flip(
+                    frame, rng, r.config.image_size, aug.crop_scale, aug.crop_ratio,
+                    aug.flip_prob)
+            fb = r.window(rec, int(k))
+            if aug.freqm > 0 or aug.timem > 0:
+                fb = augment.spec_augment(fb, rng, aug.freqm, aug.timem)
+            x = r.normalize_audio(fb)
+            if aug.noise:
+                x = augment.add_noise_and_roll(x, rng)
+            out["audio"].append(x)
+            out["video"].append(frame)
+        return {"audio": np.stack(out["audio"]), "video": np.stack(out["video"]),
+                "labels": np.repeat(y[None], m, axis=0), "frame_k": ks.astype(np.int32),
+                "clip_index": np.full(m, clip, np.int64)}
+
     def map(self, element: Mapping[str, int]) -> dict[str, np.ndarray]:
         r = self.reader
         aug = r.config.augment
         clip = int(element["clip"])
         rng = np.random.default_rng([self.seed, int(element["epoch"]), clip])
+        if r.config.moments_per_clip > 1:
+            return self._moments(clip, rng)
         fb, img, y, k = self._one(clip, rng)  # [L, 128] raw, [S, S, 3], [C]
         if aug.mixup > 0 and rng.random() < aug.mixup:
             other = int(rng.integers(0, len(r.source)))  # official: any clip, itself included
@@ -384,9 +423,23 @@ def train_dataset(data_dir: str | os.PathLike, split: str = "train", *, global_b
         ds = sampling.WeightedEpochs(weights, seed, num_epochs)
     else:  # every clip once per epoch, in a new order each epoch
         ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(num_epochs)
-    ds = _ProcessRows(ds.map_with_index(TrainVisit(n)), p, count, batch)
-    ds = ds.map(TrainExample(reader, seed)).batch(batch, drop_remainder=True)
+    m = cfg.moments_per_clip
+    if batch % m:
+        raise ValueError(f"the per-process batch {batch} is not a multiple of "
+                         f"moments_per_clip {m}")
+    # Rows of the visit stream are clips; with M moments per clip a batch holds batch / M.
+    ds = _ProcessRows(ds.map_with_index(TrainVisit(n)), p, count, batch // m)
+    ds = ds.map(TrainExample(reader, seed)).batch(batch // m, drop_remainder=True)
+    if m > 1:
+        ds = ds.map(_FlattenMoments())
     return _finish(ds, cfg)
+
+
+class _FlattenMoments(grain.transforms.Map):
+    """[clips, M, ...] -> [clips * M, ...]: a clip's moments stay next to each other."""
+
+    def map(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: v.reshape((v.shape[0] * v.shape[1], *v.shape[2:])) for k, v in batch.items()}
 
 
 def make_train_iterator(data_dir: str | os.PathLike, split: str = "train", *,

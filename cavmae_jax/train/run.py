@@ -55,6 +55,12 @@ def resolve_config(cfg: Config, metadata: Mapping[str, Any], num_devices: int) -
             cfg.finetune, label_dim=len(metadata["labels"])))
     if cfg.model.negative_groups == 0:
         cfg = cfg.replace(model=cfg.model.replace(negative_groups=num_devices))
+    group = cfg.train.global_batch_size // max(cfg.model.negative_groups, 1)
+    if cfg.data.moments_per_clip > 1 and group % cfg.data.moments_per_clip:
+        raise config_lib.ConfigError(
+            f"negative groups of {group} examples split the {cfg.data.moments_per_clip} moments "
+            "of a clip (config.data.moments_per_clip): make the group size "
+            "(config.train.global_batch_size / config.model.negative_groups) a multiple of it")
     return cfg
 
 
@@ -115,7 +121,8 @@ class Run:
         cfg = resolve_config(cfg, metadata, mesh.devices.size)
         model = build_model(cfg)
         split = metadata.get("splits", {}).get(cfg.data.train_split, {})
-        steps_per_epoch = max(1, int(split.get("num_records", 0)) // cfg.train.global_batch_size)
+        clips_per_batch = cfg.train.global_batch_size // cfg.data.moments_per_clip
+        steps_per_epoch = max(1, int(split.get("num_records", 0)) // clips_per_batch)
         total_steps = cfg.train.num_steps or cfg.train.num_epochs * steps_per_epoch
         # The fixed sin-cos tables are parameters (as in the official state dict) that never
         # train: this is the one place they are kept out of the optimizer.
