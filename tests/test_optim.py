@@ -191,6 +191,23 @@ def test_adamw_warmup_cosine_and_no_decay_on_1d():
     np.testing.assert_array_equal(np.asarray(params["dense"]["bias"]), np.ones(3))
 
 
+def test_official_adam_with_the_authors_warmup_cosine():
+    """The Sync research recipe: coupled-L2 Adam on a per-iteration cosine with 10 % warmup,
+    down to 0.1 x lr; `schedule` picks the schedule whatever the optimizer."""
+    cfg = dict(name="official_adam", lr=2e-4, schedule="warmup_cosine", warmup_fraction=0.1,
+               end_lr=2e-5, warmup_steps=999)  # the fraction wins over warmup_steps
+    _, schedule = optim.build_optimizer(cfg, steps_per_epoch=7, total_steps=200)
+    mid = 2e-5 + (2e-4 - 2e-5) * 0.5  # halfway through the cosine part
+    np.testing.assert_allclose([float(schedule(t)) for t in (0, 10, 20, 110, 200)],
+                               [0.0, 1e-4, 2e-4, mid, 2e-5], rtol=1e-5)
+    # The step schedule for AdamW, on request.
+    _, step = optim.build_optimizer(dict(name="adamw", lr=1.0, schedule="step", lr_decay_start=1,
+                                         lr_decay_step=1, lr_decay_rate=0.5), steps_per_epoch=2)
+    assert [float(step(t)) for t in (0, 2, 4)] == [1.0, 0.5, 0.25]
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        optim.build_optimizer({"schedule": "linear"}, steps_per_epoch=1)
+
+
 def test_unknown_config_key_is_named():
     with pytest.raises(ValueError, match="head_lr_multiplier"):
         optim.build_optimizer({"head_lr_multiplier": 2.0}, steps_per_epoch=1)

@@ -1,4 +1,4 @@
-"""Optimizers built from config: official Adam (coupled L2) + step decay, AdamW + warmup-cosine.
+"""Optimizers built from config: official Adam (coupled L2) or AdamW; step decay or warmup-cosine.
 
 The official CAV-MAE recipes use `torch.optim.Adam(params, lr, weight_decay=5e-7,
 betas=(0.95, 0.999))`: weight decay is added to the gradient BEFORE the moments (coupled L2, not
@@ -39,8 +39,13 @@ class OptimConfig:
     lr_decay_start: int = 10
     lr_decay_step: int = 5
     lr_decay_rate: float = 0.5
-    # adamw: linear warmup 0 -> lr over warmup_steps, then cosine to end_lr at total_steps.
+    # The LR schedule: 'auto' = the optimizer's own ('official_adam': step decay as above,
+    # 'adamw': warmup-cosine); 'step' or 'warmup_cosine' picks one for either optimizer.
+    schedule: str = "auto"
+    # warmup_cosine: linear warmup 0 -> lr over warmup_steps (or warmup_fraction of all steps
+    # when > 0), then cosine to end_lr at total_steps, stepped every iteration.
     warmup_steps: int = 0
+    warmup_fraction: float = 0.0
     end_lr: float = 0.0
     decay_1d: bool = False  # adamw: also decay 1-D params (biases, norms)?
     # Both: param groups and clipping.
@@ -52,9 +57,14 @@ class OptimConfig:
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise ValueError(f"name must be one of {OPTIMIZERS}, got {self.name!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 
 
 OPTIMIZERS = ("official_adam", "adamw")
+SCHEDULES = ("auto", "step", "warmup_cosine")
 
 
 def param_path(path: Sequence[Any]) -> str:
@@ -162,22 +172,25 @@ def build_schedule(
 ) -> Schedule:
     """The base-LR schedule of `config` (the head group runs at head_lr_mult times this)."""
     c = _config_dict(config)
-    if c["name"] == "official_adam":
+    kind = c["schedule"]
+    if kind == "auto":
+        kind = "step" if c["name"] == "official_adam" else "warmup_cosine"
+    if kind == "step":
         return multistep_lr(
             c["lr"], steps_per_epoch, c["lr_decay_start"], c["lr_decay_step"], c["lr_decay_rate"]
         )
-    if c["name"] == "adamw":
-        if total_steps is None:
-            raise ValueError("adamw's warmup-cosine schedule needs total_steps.")
-        warmup = int(c["warmup_steps"])
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
-            peak_value=c["lr"],
-            warmup_steps=warmup,
-            decay_steps=max(total_steps, warmup + 1),
-            end_value=c["end_lr"],
-        )
-    raise ValueError(f"Unknown optimizer name {c['name']!r}; use 'official_adam' or 'adamw'.")
+    if total_steps is None:
+        raise ValueError("the warmup-cosine schedule needs total_steps.")
+    warmup = int(c["warmup_steps"])
+    if c["warmup_fraction"] > 0:
+        warmup = int(round(c["warmup_fraction"] * total_steps))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=c["lr"],
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=c["end_lr"],
+    )
 
 
 def build_optimizer(
