@@ -8,6 +8,7 @@ Every CLI (`cavmae_jax.main`, `.evaluate`, `.export`, `.convert`, `data_prep.*`)
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import pathlib
@@ -19,11 +20,14 @@ from typing import NoReturn
 
 from absl import flags
 
-from cavmae_jax.config import ConfigError
-
 
 class WorkdirBusy(RuntimeError):
     """Another process is training in the same workdir."""
+
+
+class UserError(Exception):
+    """Something the user can fix (e.g. a missing optional package): `user_errors` reports it
+    as one line. Raise it, or a subclass, with a message that says what to do."""
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
@@ -52,10 +56,31 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def user_errors_types() -> tuple[type[BaseException], ...]:
-    from cavmae_jax.train.checkpoint import CheckpointError
+    """What `user_errors` reports as one line. ValueError covers config.ConfigError; the
+    checkpoint module's error counts once that module is loaded (only it raises it), so that
+    light CLIs (data_prep) need not import Orbax."""
+    types: tuple[type[BaseException], ...] = (
+        UserError, FileNotFoundError, NotADirectoryError, PermissionError, FloatingPointError,
+        WorkdirBusy, ValueError, OSError)
+    ckpt = sys.modules.get("cavmae_jax.train.checkpoint")
+    return types + ((ckpt.CheckpointError,) if ckpt is not None else ())
 
-    return (ConfigError, FileNotFoundError, NotADirectoryError, PermissionError,
-            CheckpointError, FloatingPointError, WorkdirBusy, ValueError, OSError)
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or choose another folder",
+    errno.EDQUOT: "the disk quota is exceeded: free some space or choose another folder",
+    errno.EROFS: "the file system is read-only: choose a writable folder",
+    errno.EACCES: "no permission: choose a folder you can write to, or fix its permissions",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+}
+
+
+def _os_error_line(e: OSError) -> str:
+    """An OSError as one line; the common write failures also say what to do."""
+    hint = _OS_HINTS.get(e.errno or 0)
+    if hint and e.filename is not None:
+        return f"{os.fsdecode(e.filename)}: {e.strerror} ({hint})"
+    return (str(e).strip() or type(e).__name__).splitlines()[0]
 
 
 @contextlib.contextmanager
@@ -66,8 +91,7 @@ def user_errors(verbosity: int = 0) -> Iterator[None]:
     except user_errors_types() as e:
         if verbosity >= 1:
             raise
-        text = str(e).strip() or type(e).__name__
-        fail(text.splitlines()[0] if isinstance(e, OSError) else text)
+        fail(_os_error_line(e) if isinstance(e, OSError) else str(e).strip() or type(e).__name__)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ CLI:
     python -m cavmae_jax.convert --to-torch --params DIR --out state_dict.pth
 """
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -27,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from cavmae_jax.cli import UserError, user_errors
 from cavmae_jax.models import init_model_params
 from cavmae_jax.models.cavmae import CAVMAE
 from cavmae_jax.models.config import from_official_kwargs
@@ -41,6 +43,10 @@ _LIST_MODULES = ("blocks_a", "blocks_v", "blocks_u", "decoder_blocks", "mlp_head
 
 class ConversionError(ValueError):
     """A checkpoint does not fit the model it is converted into."""
+
+
+class TorchMissing(UserError, ImportError):
+    """A .pth file is read or written, and PyTorch is not installed."""
 
 
 @dataclasses.dataclass
@@ -260,29 +266,64 @@ def params_to_torch(params_or_grads: Mapping, model: CAVMAE | None = None) -> di
 
 
 # ----------------------------------------------------------------------------- files
+def import_torch(purpose: str, instead: str) -> Any:
+    """The torch module; TorchMissing (saying what to install, or what to do `instead`)
+    without it."""
+    try:
+        import torch
+    except ImportError:
+        raise TorchMissing(f"{purpose} needs PyTorch, which is not installed: pip install "
+                           f"'cavmae-jax[torch]', or {instead}") from None
+    return torch
+
+
+def _not_a_checkpoint(path: pathlib.Path, what: str) -> ConversionError:
+    return ConversionError(f"{path} is not a checkpoint: {what}; give the official .pth state "
+                           "dict (needs PyTorch) or an .npz of it (np.savez)")
+
+
+def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+    try:
+        z = np.load(path)
+    except Exception:  # noqa: BLE001 - numpy's errors for a non-archive vary
+        raise _not_a_checkpoint(path, "not a numpy .npz archive of arrays") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise _not_a_checkpoint(path, "one array, not an .npz archive of named arrays")
+    with z:
+        try:
+            return {k.removeprefix("param/"): z[k] for k in z.files
+                    if "/" not in k or k.startswith("param/")}
+        except Exception:  # noqa: BLE001 - a damaged or pickled member
+            raise _not_a_checkpoint(path, "a damaged .npz archive, or one of objects, not "
+                                    "arrays") from None
+
+
+def _read_pth(path: pathlib.Path) -> Any:
+    torch = import_torch(f"reading {path}", "save its state dict as .npz (np.savez) and give "
+                         "that")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch's errors for a non-checkpoint vary
+        raise _not_a_checkpoint(path, "torch.load cannot read it as a state dict") from None
+    for key in ("state_dict", "model"):
+        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
+            sd = sd[key]
+    if not isinstance(sd, Mapping):
+        raise _not_a_checkpoint(path, f"it holds a {type(sd).__name__}, not a state dict of "
+                                "named tensors")
+    return sd
+
+
 def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     """A `.pth` (needs torch: `pip install cavmae-jax[torch]`) or `.npz` state dict.
 
     Nested `{'state_dict': ...}` / `{'model': ...}` wrappers, `module.` and the fixtures'
-    `param/` prefixes are stripped.
+    `param/` prefixes are stripped. A file that is not a checkpoint raises ConversionError.
     """
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            sd = {k.removeprefix("param/"): z[k] for k in z.files
-                  if "/" not in k or k.startswith("param/")}
-    else:
-        try:
-            import torch
-        except ImportError as e:
-            raise ImportError("reading .pth checkpoints needs torch: pip install "
-                              "'cavmae-jax[torch]' (or convert the state dict to .npz)") from e
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model"):
-            if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
-                sd = sd[key]
+    sd = _read_npz(path) if path.suffix == ".npz" else _read_pth(path)
     return clean_state_dict(sd)
 
 
@@ -293,16 +334,11 @@ def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | pathlib.P
     if path.suffix == ".npz":
         np.savez(path, **state_dict)
         return
-    import torch
-
+    torch = import_torch(f"writing {path}", "write an .npz file instead")
     torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from cavmae_jax.train import checkpoint
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--torch", help="official checkpoint (.pth or .npz) to convert")
@@ -313,19 +349,37 @@ def main(argv: list[str] | None = None) -> int:
                    help="keep fresh values for missing keys (official strict=False)")
     p.add_argument("--to-torch", action="store_true", help="convert our params back")
     p.add_argument("--params", help="with --to-torch: our params directory")
+    p.add_argument("--verbosity", type=int, default=0,
+                   help="1: show the full traceback of an error instead of one line")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    if args.to_torch:
-        if not args.params:
-            p.error("--to-torch needs --params DIR")
-        params, _ = checkpoint.load_params(args.params)
-        write_state_dict(params_to_torch(params), args.out)
-        print(f"wrote {args.out}")
-        return 0
-    if not args.torch or not args.arch:
+    if args.to_torch and not args.params:
+        p.error("--to-torch needs --params DIR")
+    if not args.to_torch and (not args.torch or not args.arch):
         p.error("give --torch CKPT --arch ARCH (or --to-torch --params DIR)")
-    kwargs = json.loads(args.kwargs)
+    with user_errors(args.verbosity):
+        return _to_torch(args) if args.to_torch else _from_torch(args)
+
+
+def _to_torch(args: argparse.Namespace) -> int:
+    from cavmae_jax.train import checkpoint
+
+    if pathlib.Path(args.out).suffix != ".npz":
+        import_torch(f"writing {args.out}", "give --out FILE.npz")  # before the slow load
+    params, _ = checkpoint.load_params(args.params)
+    write_state_dict(params_to_torch(params), args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _from_torch(args: argparse.Namespace) -> int:
+    from cavmae_jax.train import checkpoint
+
+    try:
+        kwargs = json.loads(args.kwargs)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--kwargs {args.kwargs!r} is not JSON ({e.msg}); e.g. "
+                         '\'{"audio_length": 416}\'') from None
     model, params = load_torch_model(read_state_dict(args.torch), arch=args.arch,
                                      strict=not args.non_strict, **kwargs)
     metadata = {"arch": args.arch, "official_kwargs": kwargs,

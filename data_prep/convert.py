@@ -7,13 +7,15 @@
         [--frame_count opencv|packets] [--shard_size 1024] [--strict]
 
 Inputs (PATH):
-  * a folder: every video file under it (recursive; by extension, see VIDEO_EXTS), id = path
-    relative to PATH without extension; `--label_dirs` takes each file's first folder as label;
+  * a folder: every video file under it (recursive, symlinked folders followed; by extension,
+    see VIDEO_EXTS), id = path relative to PATH without extension (bytes of a name that are not
+    UTF-8 escaped as `\\xNN`); `--label_dirs` takes each file's first folder as label;
   * an official datafile `*.json` `{"data": [{"wav", "video_id", "video_path", "labels"}]}`:
     frames are read from `video_path/frame_{i}/<video_id>.jpg` (i < num_frames), audio from `wav`;
   * a `*.csv` of pairs: columns `visual,audio[,labels][,id][,split]` (header optional when in
     that order); `visual` is a video or a still image (repeated for all N frames); `audio` may
     be empty (then the visual file's audio track is used).
+  CSV and JSON files are read as UTF-8, with or without a byte-order mark.
   Labels in a JSON entry / pairs row are comma-separated strings (AudioSet mids or names); an
   entry / row may carry `split`.
 
@@ -60,7 +62,9 @@ Shard i of a split holds that split's inputs i*shard_size .. (i+1)*shard_size-1 
 (folders sorted), so reruns give byte-identical shards. Shards are written to `*.tmp` and renamed
 when complete; bookkeeping lives in `DIR/.convert/` (settings and vocabulary in dataset.json,
 one split-<name>.json per split, one json per finished shard), so a rerun skips finished shards.
-Exit status is 0 unless nothing converted, or `--strict` and anything failed.
+Exit status is 0 unless nothing converted, or `--strict` and anything failed (1); an input or
+output it cannot use (a missing file, a CSV that is not UTF-8, an output folder it cannot write)
+is one line `error: ...` on stderr and exit status 2 (`--verbosity 1`: the traceback).
 
 Workers: memory per input stays bounded whatever its length (only the audio and frames a record
 needs are decoded; --split_long makes one pass and spills large results to `DIR/.convert/`). A
@@ -108,6 +112,7 @@ from data_prep.inputs import (  # noqa: F401 - re-exported: the TFDS builder and
     Item,
     collect_items,
     holdout_rank,
+    readable,
     valid_split_name,
     vocab_lookup,
 )
@@ -470,6 +475,9 @@ def convert(input_path: str, output_dir: str, cfg: ConvertConfig, split: str = "
     """
     t0 = time.time()
     out = pathlib.Path(output_dir)
+    if readable(str(out)) != str(out):
+        raise SystemExit(f"--output {readable(str(out))}: the ArrayRecord shard files need a "
+                         "path that is valid UTF-8; choose a folder with a UTF-8 name")
     state = out / STATE_DIR
     if (state / "fingerprint").exists():
         raise SystemExit(f"{out} was written by an older data_prep.convert; use a new --output "
@@ -494,8 +502,10 @@ def convert(input_path: str, output_dir: str, cfg: ConvertConfig, split: str = "
     # The per-split part: a split is converted from one input; a rerun resumes it.
     shards = plan_shards(items, shard_size) if items else []
     run_splits = sorted({it.split for it in items} | {f["split"] for f in early_failures})
-    input_info = {"path": str(input_path), "kind": kind, "label_csv": label_csv,
-                  "label_file": report["label_file"], "vocabulary_csv": vocabulary_csv,
+    input_info = {"path": readable(str(input_path)), "kind": kind,
+                  "label_csv": label_csv and readable(label_csv),
+                  "label_file": report["label_file"],
+                  "vocabulary_csv": vocabulary_csv and readable(vocabulary_csv),
                   "label_dirs": label_dirs, "split": split, "holdout": holdout,
                   "holdout_split": holdout_split if holdout else None,
                   "labels_unmatched": report["labels_unmatched"]}
@@ -557,10 +567,8 @@ def convert(input_path: str, output_dir: str, cfg: ConvertConfig, split: str = "
                 parts.append(part)
     failures = [f for s in sorted(states) for f in states[s]["early_failures"]]
     failures += [f for p in parts for f in p["failures"]]
-    with open(out / "failures.jsonl.tmp", "w", encoding="utf-8") as f:
-        for rec in failures:
-            f.write(json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n")
-    os.replace(out / "failures.jsonl.tmp", out / "failures.jsonl")
+    atomic_write_text(out / "failures.jsonl", "".join(
+        json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n" for rec in failures))
 
     splits: dict[str, Any] = {}
     tot = [0.0, 0.0, 0]
@@ -691,13 +699,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--shard_size", type=int, default=1024, help="inputs per shard")
     ap.add_argument("--strict", action="store_true", help="exit 1 if any input failed")
     ap.add_argument("--no_progress", action="store_true")
+    ap.add_argument("--verbosity", type=int, default=0,
+                    help="1: show the full traceback of an error instead of one line")
     a = ap.parse_args(argv)
     cfg = config_from_args(ap, a)
     if a.shard_size <= 0:
         ap.error("--shard_size must be positive")
-    meta = convert(a.input, a.output, cfg, a.split, a.labels, a.label_dirs, a.shard_size,
-                   a.workers, progress=not a.no_progress, vocabulary_csv=a.vocabulary,
-                   holdout=a.holdout, holdout_split=a.holdout_split)
+    with one_line_errors(a.verbosity):
+        meta = convert(a.input, a.output, cfg, a.split, a.labels, a.label_dirs, a.shard_size,
+                       a.workers, progress=not a.no_progress, vocabulary_csv=a.vocabulary,
+                       holdout=a.holdout, holdout_split=a.holdout_split)
     per_split = ", ".join(f"{k}: {v['num_records']}" for k, v in sorted(meta["splits"].items()))
     n_shards = sum(len(v["shards"]) for v in meta["splits"].values())
     print(f"converted {meta['num_records']} clips ({per_split or 'none'}) into {n_shards} shards "
@@ -712,6 +723,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: split {name!r} is incomplete ({len(sp['missing_shards'])} shards "
                   f"missing); rerun its conversion (input {sp['input']['path']})")
     return exit_status(meta, a.strict)
+
+
+@contextlib.contextmanager
+def one_line_errors(verbosity: int = 0) -> Iterator[None]:
+    """`cli.user_errors`, plus this tool's refusals (SystemExit with a message): each becomes
+    one line `error: ...` on stderr and exit status 2."""
+    from cavmae_jax import cli
+
+    with cli.user_errors(verbosity):
+        try:
+            yield
+        except SystemExit as e:
+            if isinstance(e.code, str) and verbosity < 1:
+                cli.fail(e.code)
+            raise
 
 
 def exit_status(meta: dict, strict: bool) -> int:

@@ -12,17 +12,61 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
 import pathlib
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 VIDEO_EXTS = (".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".flv", ".mpg", ".mpeg", ".ts",
               ".3gp", ".ogv", ".wmv")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+AUDIO_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".wma", ".aiff", ".aif")
+
+
+def readable(name: str) -> str:
+    """A name as text that UTF-8 can store: bytes that are not UTF-8 (file names from other
+    systems, held by Python as lone surrogates) become `\\xNN` escapes (b"caf\\xe9" ->
+    "caf\\\\xe9")."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # other lone surrogates (from a JSON \uXXXX escape)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A text file given by flag `what`, as UTF-8 (a byte-order mark is dropped).
+
+    Raises SystemExit naming the file and the line when it cannot be read or is not UTF-8.
+    """
+    try:
+        data = pathlib.Path(path).read_bytes()
+    except OSError as e:
+        raise SystemExit(f"{what} {path}: cannot read it: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        bad = data[e.start:e.start + 1].hex()
+        raise SystemExit(f"{what} {path} line {line}: not UTF-8 text (byte 0x{bad}: {e.reason}); "
+                         "save the file as UTF-8 (with or without BOM)") from None
+
+
+def read_csv(path: str | os.PathLike, what: str) -> list[list[str]]:
+    """Every row of a UTF-8 CSV (with or without BOM); see `read_text`."""
+    text = read_text(path, what)
+    try:
+        return list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise SystemExit(f"{what} {path}: not a readable CSV ({e})") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,17 +83,25 @@ class Item:
     labels: tuple[int, ...] = ()
 
 
-def read_label_csv(path: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def read_label_csv(path: str, flag: str = "--labels"
+                   ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The official class_labels_indices.csv (index,mid,display_name) -> (vocab, lookup)."""
     vocab, lookup = [], {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
+    rows = read_csv(path, flag)
+    for line, values in enumerate(rows[1:], start=2):
+        if not values:
+            continue
+        row = dict(zip(rows[0], values, strict=False))
+        try:
             idx = int(row["index"])
-            mid = row.get("mid") or row.get("display_name")
-            name = row.get("display_name") or mid
-            vocab.append({"index": idx, "mid": mid, "display_name": name})
-            lookup[mid] = idx
-            lookup.setdefault(name, idx)
+        except (KeyError, ValueError):
+            raise SystemExit(f"{flag} {path} line {line}: index {row.get('index')!r} is not "
+                             "an integer") from None
+        mid = row.get("mid") or row.get("display_name")
+        name = row.get("display_name") or mid
+        vocab.append({"index": idx, "mid": mid, "display_name": name})
+        lookup[mid] = idx
+        lookup.setdefault(name, idx)
     vocab.sort(key=lambda v: v["index"])
     return vocab, lookup
 
@@ -62,24 +114,20 @@ def vocab_lookup(vocab: Sequence[dict[str, Any]]) -> dict[str, int]:
     return lookup
 
 
-def _csv_header(path: str) -> list[str]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            head = next(csv.reader(f), [])
-    except OSError as e:
-        raise SystemExit(f"--labels {path}: cannot read it: {e}") from None
-    return [c.strip().lower() for c in head]
+def _csv_header(path: str, flag: str) -> list[str]:
+    rows = read_csv(path, flag)
+    return [c.strip().lower() for c in (rows[0] if rows else [])]
 
 
-def label_file_kind(path: str) -> str:
+def label_file_kind(path: str, flag: str = "--labels") -> str:
     """Tells a label file's kind by its header: "vocabulary" or "per_clip"."""
-    cols = set(_csv_header(path))
+    cols = set(_csv_header(path, flag))
     if "index" in cols and cols & {"mid", "display_name"}:
         return "vocabulary"
     if cols & {"labels", "label"} and cols & {"id", "path"}:
         return "per_clip"
     raise SystemExit(
-        f"--labels {path}: header {sorted(cols)} is neither a vocabulary "
+        f"{flag} {path}: header {sorted(cols)} is neither a vocabulary "
         "(index,mid,display_name: the official class_labels_indices.csv) nor a per-clip label "
         "file (id or path, labels[, split])")
 
@@ -108,29 +156,28 @@ def read_clip_labels(path: str) -> list[LabelEntry]:
     Raises SystemExit when a clip is listed twice.
     """
     entries, first = [], {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        cols = [c.strip().lower() for c in next(reader, [])]
-        for line, row in enumerate(reader, start=2):
-            if not row or not any(c.strip() for c in row):
-                continue
-            rec = {cols[i]: row[i].strip() for i in range(min(len(cols), len(row)))}
-            ref = rec.get("path") or ""
-            if ref:
-                if os.path.isabs(ref):
-                    key = os.path.realpath(ref)
-                else:  # relative to the input folder, as the rows' `source` is
-                    key = pathlib.PurePath(os.path.normpath(ref)).as_posix()
-            else:
-                key = rec.get("id") or ""
-            if not key:
-                raise SystemExit(f"--labels {path} line {line}: no id / path value")
-            if key in first:
-                raise SystemExit(f"--labels {path} line {line}: {key!r} is listed twice (first "
-                                 f"on line {first[key]})")
-            first[key] = line
-            labels = _split_clip_labels(rec.get("labels") or rec.get("label") or "")
-            entries.append(LabelEntry(key, bool(ref), labels, rec.get("split") or None, line))
+    rows = read_csv(path, "--labels")
+    cols = [c.strip().lower() for c in rows[0]] if rows else []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or not any(c.strip() for c in row):
+            continue
+        rec = {cols[i]: row[i].strip() for i in range(min(len(cols), len(row)))}
+        ref = rec.get("path") or ""
+        if ref:
+            if os.path.isabs(ref):
+                key = os.path.realpath(ref)
+            else:  # relative to the input folder, as the rows' `source` is
+                key = pathlib.PurePath(os.path.normpath(ref)).as_posix()
+        else:
+            key = rec.get("id") or ""
+        if not key:
+            raise SystemExit(f"--labels {path} line {line}: no id / path value")
+        if key in first:
+            raise SystemExit(f"--labels {path} line {line}: {key!r} is listed twice (first "
+                             f"on line {first[key]})")
+        first[key] = line
+        labels = _split_clip_labels(rec.get("labels") or rec.get("label") or "")
+        entries.append(LabelEntry(key, bool(ref), labels, rec.get("split") or None, line))
     return entries
 
 
@@ -218,20 +265,73 @@ def _resolve(p: str, base: pathlib.Path) -> str:
     return str(alt) if alt.exists() else p
 
 
+def _walk_files(root: pathlib.Path) -> list[pathlib.Path]:
+    """Every file under `root`, sorted; symlinked folders are followed, except a link back to
+    one of its own parent folders (a loop), which is reported once and skipped."""
+    files: list[pathlib.Path] = []
+    loops: dict[str, pathlib.Path] = {}
+
+    def visit(folder: pathlib.Path, parents: frozenset[str]) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as e:
+            _note(f"{readable(str(folder))}: cannot list it ({e.strerror or e}); skipped")
+            return
+        for e in entries:
+            path = folder / e.name
+            if e.is_dir(follow_symlinks=True):
+                real = os.path.realpath(path)
+                if real in parents:
+                    loops.setdefault(os.path.join(os.path.realpath(folder), e.name), path)
+                else:
+                    visit(path, parents | {real})
+            elif e.is_file(follow_symlinks=True):
+                files.append(path)
+
+    visit(root, frozenset({os.path.realpath(root)}))
+    for link in loops.values():
+        _note(f"{readable(str(link))} links back to {readable(os.path.realpath(link))}, a folder "
+              "above it (a loop); not followed")
+    return sorted(files)
+
+
 def _raw_from_folder(root: pathlib.Path, split: str, label_dirs: bool) -> Iterator[dict]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
+    files = _walk_files(root)
+    audio_only = sum(p.suffix.lower() in AUDIO_EXTS for p in files)
+    if audio_only:
+        _note(f"{audio_only} audio-only file{'s' * (audio_only > 1)} skipped (e.g. "
+              f"{readable(str(next(p for p in files if p.suffix.lower() in AUDIO_EXTS)))}): a "
+              "folder input takes video files; for audio with images or separate audio, give a "
+              "CSV of visual,audio pairs as --input")
     for p in files:
+        if p.suffix.lower() not in VIDEO_EXTS:
+            continue
         rel = p.relative_to(root)
         labels = [rel.parts[0]] if label_dirs and len(rel.parts) > 1 else []
         yield {"id": rel.with_suffix("").as_posix(), "split": split, "source": rel.as_posix(),
                "video": str(p), "labels": labels}
 
 
+def _datafile_entries(path: pathlib.Path) -> list[dict]:
+    """The entries of an official datafile `{"data": [{...}, ...]}` (or a bare list of them)."""
+    try:
+        data = json.loads(read_text(path, "--input"))
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--input {path} line {e.lineno}: not valid JSON ({e.msg})") from None
+    if isinstance(data, dict):
+        if "data" not in data:
+            raise SystemExit(f'--input {path}: an official datafile is {{"data": [{{"wav", '
+                             f'"video_id", "video_path", "labels"}}, ...]}}; this one has no '
+                             f'"data" key (keys: {", ".join(map(str, list(data)[:5])) or "none"})')
+        data = data["data"]
+    if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
+        raise SystemExit(f'--input {path}: "data" must be a list of entries {{"wav", '
+                         '"video_id", "video_path", "labels"}')
+    return data
+
+
 def _raw_from_datafile(path: pathlib.Path, split: str, num_frames: int) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    entries = data["data"] if isinstance(data, dict) else data
-    for e in entries:
+    for e in _datafile_entries(path):
         vid = str(e.get("video_id", ""))
         vdir = _resolve(str(e.get("video_path", "")), path.parent)
         frames = tuple(os.path.join(vdir, f"frame_{i}", f"{vid}.jpg") for i in range(num_frames))
@@ -246,8 +346,7 @@ _CSV_COLUMNS = {"visual", "video", "image", "audio", "labels", "label", "id", "s
 
 
 def _raw_from_pairs(path: pathlib.Path, split: str) -> Iterator[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    rows = [r for r in read_csv(path, "--input") if r and any(c.strip() for c in r)]
     if not rows:
         return
     head = [c.strip().lower() for c in rows[0]]
@@ -300,12 +399,15 @@ def collect_items(input_path: str, split: str, num_frames: int, label_csv: str |
         raise SystemExit(f"--input {input_path}: expected a folder, a .json datafile or a .csv")
     else:
         raise SystemExit(f"--input {input_path}: not found")
+    for r in raw:  # names go into records, metadata.json and failures.jsonl: UTF-8 text
+        r["id"], r["source"] = readable(r["id"]), readable(r["source"])
+        r["labels"] = [readable(n) for n in r["labels"]]
 
     label_kind = label_file_kind(label_csv) if label_csv else None
     if label_kind == "vocabulary" and vocabulary_csv:
         raise SystemExit(f"--labels {label_csv} and --vocabulary {vocabulary_csv} are both "
                          "vocabularies; give one (--vocabulary goes with a per-clip --labels file)")
-    if vocabulary_csv and label_file_kind(vocabulary_csv) != "vocabulary":
+    if vocabulary_csv and label_file_kind(vocabulary_csv, "--vocabulary") != "vocabulary":
         raise SystemExit(f"--vocabulary {vocabulary_csv}: expected the index,mid,display_name "
                          "table (class_labels_indices.csv)")
     vocab_csv = vocabulary_csv or (label_csv if label_kind == "vocabulary" else None)
@@ -322,7 +424,7 @@ def collect_items(input_path: str, split: str, num_frames: int, label_csv: str |
         _assign_holdout(raw, holdout, holdout_split)
 
     if vocab_csv:
-        vocab, lookup = read_label_csv(vocab_csv)
+        vocab, lookup = read_label_csv(vocab_csv, "--vocabulary" if vocabulary_csv else "--labels")
     else:
         names = sorted({n for r in raw for n in r["labels"]})
         vocab = [{"index": i, "mid": n, "display_name": n} for i, n in enumerate(names)]

@@ -8,12 +8,14 @@ turns a split's bookkeeping into `<split>.labels.npz` for class-balanced samplin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from cavmae_jax.data import records
 from data_prep.inputs import Item
@@ -49,8 +51,10 @@ def plan_shards(items: Sequence[Item], shard_size: int) -> list[Shard]:
 
 
 def atomic_write_text(path: pathlib.Path, text: str) -> None:
+    """Writes `text` as UTF-8 via a temporary file; a lone surrogate (a file name's non-UTF-8
+    byte) is written as its `\\udcXX` escape, which JSON reads back."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
     os.replace(tmp, path)
 
 
@@ -68,6 +72,23 @@ def write_labels_index(out: pathlib.Path, split: str, parts: list[dict], complet
         records.write_labels_index(path, names, labels)
 
 
+_WRITE_ERRORS = {"No space left": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+                 "Read-only file system": errno.EROFS, "Permission denied": errno.EACCES}
+
+
+@contextlib.contextmanager
+def _as_os_error(path: pathlib.Path) -> Iterator[None]:
+    """ArrayRecord reports a failed write as RuntimeError: raise it as the OSError it is
+    (a full disk, a read-only folder), naming the file."""
+    try:
+        yield
+    except RuntimeError as e:
+        for text, code in _WRITE_ERRORS.items():
+            if text in str(e):
+                raise OSError(code, os.strerror(code), str(path)) from e
+        raise
+
+
 class ShardWriter:
     """Collects one shard's results in order; writes `<name>.tmp`, then renames."""
 
@@ -76,7 +97,8 @@ class ShardWriter:
 
         self.out_dir, self.shard = out_dir, shard
         self.tmp = out_dir / (shard.name + ".tmp")
-        self.writer = ArrayRecordWriter(str(self.tmp), ARRAY_RECORD_OPTIONS)
+        with _as_os_error(self.tmp):
+            self.writer = ArrayRecordWriter(str(self.tmp), ARRAY_RECORD_OPTIONS)
         self.part = {"shard": shard.name, "split": shard.split, "num_records": 0, "ids": [],
                      "failures": [], "silent_ids": [], "fbank_sum": 0.0, "fbank_sumsq": 0.0,
                      "fbank_count": 0, "num_inputs": len(shard.items), "labels": []}
@@ -85,7 +107,8 @@ class ShardWriter:
         for res in results:
             if res[0] == "ok":
                 _, clip_id, data, (s, ss, n), silent = res
-                self.writer.write(data)
+                with _as_os_error(self.tmp):
+                    self.writer.write(data)
                 self.part["num_records"] += 1
                 self.part["ids"].append(clip_id)
                 self.part["labels"].append(list(item.labels))
@@ -99,7 +122,8 @@ class ShardWriter:
                                               "split": item.split, "reason": res[1]})
 
     def finish(self) -> dict:
-        self.writer.close()
+        with _as_os_error(self.tmp):
+            self.writer.close()
         atomic_write_text(self.out_dir / STATE_DIR / (self.shard.name + ".json"),
                            json.dumps(self.part, sort_keys=True))
         os.replace(self.tmp, self.out_dir / self.shard.name)

@@ -74,12 +74,53 @@ def load_metadata(data_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def shard_paths(data_dir: str | os.PathLike, split: str) -> list[str]:
-    """Sorted `DIR/<split>.array_record-xxxxx-of-yyyyy` files (record index = their order)."""
-    paths = sorted(str(p) for p in pathlib.Path(data_dir).glob(f"{split}.array_record-*")
+    """The split's `DIR/<split>.array_record-xxxxx-of-yyyyy` files, sorted (record index =
+    their order): exactly the ones metadata.json lists for the split.
+
+    A listed shard that is missing, or a shard file of the split that metadata.json does not
+    list (left from another conversion), is an error: mixing them would read other records.
+    """
+    data_dir = pathlib.Path(data_dir)
+    found = sorted(p.name for p in data_dir.glob(f"{split}.array_record-*")
                    if not p.name.endswith(".tmp"))
-    if not paths:
+    listed = _listed_shards(data_dir, split)
+    if listed is None:  # a metadata.json without a shard list: every shard file there
+        listed = found
+    _check_shards(data_dir, split, listed, found)
+    return [str(data_dir / name) for name in sorted(listed)]
+
+
+def _listed_shards(data_dir: pathlib.Path, split: str) -> list[str] | None:
+    """The shard names metadata.json lists for `split`; None when it lists none at all."""
+    path = data_dir / "metadata.json"
+    if not path.exists():
+        return None
+    splits = json.loads(path.read_text()).get("splits")
+    if not isinstance(splits, Mapping) or not all(
+            isinstance(s, Mapping) and "shards" in s for s in splits.values()):
+        return None
+    if split not in splits:
+        raise FileNotFoundError(f"{path} has no split {split!r} (its splits: "
+                                f"{', '.join(sorted(splits)) or 'none'})")
+    return list(splits[split]["shards"])
+
+
+def _check_shards(data_dir: pathlib.Path, split: str, listed: list[str], found: list[str]
+                  ) -> None:
+    if not listed:
         raise FileNotFoundError(f"no {split}.array_record-* shards in {data_dir}")
-    return paths
+    missing = sorted(set(listed) - set(found))
+    if missing:
+        raise FileNotFoundError(
+            f"{data_dir / missing[0]} is missing ({len(missing)} of the {len(listed)} shards "
+            f"metadata.json lists for split {split!r}); rerun data_prep.convert into this "
+            "folder to finish it, or into a fresh folder")
+    stray = sorted(set(found) - set(listed))
+    if stray:
+        raise ValueError(
+            f"{data_dir / stray[0]} is not one of the {len(listed)} shards metadata.json lists "
+            f"for split {split!r} ({len(stray)} such files; left from another conversion?); "
+            "delete them, or rerun data_prep.convert into a fresh folder")
 
 
 def audio_stats(config: PipelineConfig, metadata: Mapping[str, Any]) -> tuple[float, float]:
@@ -300,6 +341,24 @@ class EvalExample(grain.transforms.Map):
                 "valid": np.bool_(valid)}
 
 
+def pair_times(rec: Mapping[str, Any]) -> np.ndarray:
+    """[N] float32 time in seconds, within the clip, of each of a parsed record's frames.
+
+    The record's own frame times when it knows them (`source_frame_index` / `fps`, minus the
+    segment start); otherwise the official spread of N frames over the clip, k * duration / N
+    (duration = the fbank's real length, at most 10 s).
+    """
+    n = rec["num_frames"]
+    idx = np.asarray(rec["source_frame_index"], np.float64)
+    source = rec.get("source", {})
+    fps = float(source.get("fps", 0.0) or 0.0)
+    if fps > 0 and idx.shape == (n,) and (idx >= 0).all():
+        return (idx / fps - float(source.get("start_s", 0.0) or 0.0)).astype(np.float32)
+    duration = min(rec["num_fbank_frames"] * audio.FRAME_SHIFT / audio.SAMPLE_RATE,
+                   video.CLIP_SECONDS)
+    return (np.arange(n) * duration / n).astype(np.float32)
+
+
 class RetrievalExample(grain.transforms.Map):
     """Position -> all N (window_k, frame_k) pairs of one clip, k = 0..N-1 in order."""
 
@@ -317,7 +376,8 @@ class RetrievalExample(grain.transforms.Map):
         frames = np.stack([r.frame(rec, k) for k in range(n)])  # [N, S, S, 3] uint8
         return {"audio": r.normalize_audio(windows), "video": frames,
                 "labels": r.labels(rec), "frame_k": np.arange(n, dtype=np.int32),
-                "clip_index": np.int64(clip), "id": rec["id"], "valid": np.bool_(valid)}
+                "times": pair_times(rec), "clip_index": np.int64(clip), "id": rec["id"],
+                "valid": np.bool_(valid)}
 
 
 # ------------------------------------------------------------------------------ datasets
@@ -416,6 +476,10 @@ def train_dataset(data_dir: str | os.PathLike, split: str = "train", *, global_b
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     reader, n = _reader(data_dir, split, cfg)
+    if n == 0:
+        raise ValueError(f"split {split!r} of {data_dir} has no records (every input failed "
+                         f"to convert? see {pathlib.Path(data_dir) / 'failures.jsonl'}); fix "
+                         "the inputs and rerun data_prep.convert, or train on another split")
     if cfg.balanced_sampling:  # N weighted draws with replacement per epoch (AS-2M, VGGSound)
         labels = sampling.split_labels(records.labels_index_path(data_dir, split),
                                        reader.shard_names, reader.source, progress=p == 0)
@@ -528,7 +592,8 @@ def make_retrieval_iterator(data_dir: str | os.PathLike, split: str = "eval", *,
     """All N window/frame pairs of every clip of this process, clips in record order.
 
     Per clip (clips_per_batch None): `audio` [N, L, 128] float32 normalized, `video`
-    [N, S, S, 3] uint8 pixels, `frame_k` [N] = 0..N-1, `labels` [C], `clip_index` int64,
+    [N, S, S, 3] uint8 pixels, `frame_k` [N] = 0..N-1, `times` [N] float32 seconds of each
+    pair's frame in the clip (`pair_times`), `labels` [C], `clip_index` int64,
     `id` str, `valid`.
     With clips_per_batch c every field gains a leading [c] axis. With several processes (or
     c > 1) and `pad_eval`, padding clips marked `valid` False even out the counts.

@@ -255,4 +255,29 @@ def load_checkpoint(path: str | os.PathLike, fallback: Config | None = None,
             raise checkpoint.CheckpointError(
                 f"{directory}: its params do not match its saved config "
                 f"({checkpoint._one_line(e)})") from None
+    elif cfg is not None:
+        model = build_model(resolve_config(cfg, {}, 1))
+        check_params(params, jax.eval_shape(
+            lambda: init_model_params(model, jax.random.PRNGKey(0))), directory)
     return Loaded(cfg, params, kind, str(directory), step, dict(source))
+
+
+def check_params(params: PyTree, expected: PyTree, where: os.PathLike | str) -> None:
+    """Raises CheckpointError naming the missing, unexpected and mis-shaped params."""
+    got = {optim.param_path(k): tuple(v.shape)
+           for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    want = {optim.param_path(k): tuple(v.shape)
+            for k, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    problems = []
+    for kind, names in (("missing", sorted(set(want) - set(got))),
+                        ("unexpected", sorted(set(got) - set(want)))):
+        if names:
+            problems.append(f"{len(names)} {kind} ({', '.join(names[:3])}"
+                            + (", ..." if len(names) > 3 else "") + ")")
+    shapes = [f"{n} {got[n]} vs {want[n]}" for n in sorted(set(got) & set(want))
+              if got[n] != want[n]]
+    if shapes:
+        problems.append(f"{len(shapes)} with another shape ({', '.join(shapes[:2])})")
+    if problems:
+        raise checkpoint.CheckpointError(
+            f"{where}: its params do not match its model config: {'; '.join(problems)}")
