@@ -1,10 +1,10 @@
 """Times the official PyTorch CAV-MAE Sync pretraining step on this machine, for model_step.py.
 
-The quoted reference rates for the official code (17.0 / 4.8 / 0.81 samples/s) were measured elsewhere; this script
-measures the official code on the same machine and in the same hour as `model_step.py`, so the
-two can be compared directly. It imports `models.cav_mae_sync.CAVMAE` from a checkout of the
-official repository (github.com/edsonroteia/cav-mae-sync) and needs an environment of its own
-(the official code imports timm 0.4.5, which needs torchvision), e.g.
+The quoted reference rates for the official code (17.0 / 4.8 / 0.81 samples/s) were measured
+elsewhere; this script measures the official code on the same machine and in the same hour as
+`model_step.py`, so the two can be compared directly. It imports `models.cav_mae_sync.CAVMAE`
+from a checkout of the official repository (github.com/edsonroteia/cav-mae-sync) and needs an
+environment of its own (the official code imports timm 0.4.5, which needs torchvision), e.g.
 
     python -m venv /tmp/official && /tmp/official/bin/pip install torch torchvision timm==0.4.5
     /tmp/official/bin/python benchmarks/official_step.py --official_repo PATH --size small

@@ -7,6 +7,7 @@ Every CLI (`cavmae_jax.main`, `.evaluate`, `.export`, `.convert`, `data_prep.*`)
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import fcntl
@@ -33,6 +34,23 @@ class UserError(Exception):
 def fail(message: str, status: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+class _HelpFormat(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the description's line breaks and shows every default."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the `data_prep.*` and `cavmae_jax.convert` CLIs, with the absl CLIs'
+    conventions: defaults shown in --help, and a wrong or missing flag reported as one line
+    `error: ...` (exit status 2) instead of argparse's usage block."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormat)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see {self.prog} --help)")
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -31,11 +31,11 @@ from typing import Any
 import ml_collections
 
 from cavmae_jax.data.config import AugmentConfig, DataConfig
+from cavmae_jax.evaluate.retrieval import STRATEGIES
 from cavmae_jax.models.config import ModelConfig
 from cavmae_jax.train.optim import OptimConfig
 
 TASKS = ("pretrain", "finetune")
-STRATEGIES = ("diagonal_mean", "diagonal_max", "mean", "max")  # retrieval aggregations
 CLASSIFIER_MODES = ("multimodal", "audioonly", "videoonly", "missingaudioonly",
                     "missingvideoonly")
 

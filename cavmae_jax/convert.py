@@ -12,7 +12,7 @@ Naming is mechanical: `blocks_a.3.attn.qkv.weight` <-> params['blocks_a_3']['att
 CLI:
     python -m cavmae_jax.convert --torch cav_mae_sync.pth --arch sync \\
         --kwargs '{"audio_length": 416, "num_register_tokens": 8, "cls_token": true}' --out DIR
-    python -m cavmae_jax.convert --to-torch --params DIR --out state_dict.pth
+    python -m cavmae_jax.convert --to_torch --params DIR --out state_dict.pth
 """
 
 import argparse
@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from cavmae_jax import cli
 from cavmae_jax.cli import UserError, user_errors
 from cavmae_jax.models import init_model_params
 from cavmae_jax.models.cavmae import CAVMAE
@@ -339,24 +340,25 @@ def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | pathlib.P
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m cavmae_jax.convert",
+                           description=__doc__.split("\n\n")[0])
     p.add_argument("--torch", help="official checkpoint (.pth or .npz) to convert")
     p.add_argument("--arch", choices=("sync", "cavmae", "cavmae_ft"))
     p.add_argument("--kwargs", default="{}", help="official constructor kwargs as JSON")
     p.add_argument("--out", required=True, help="output: params directory, or .pth/.npz file")
-    p.add_argument("--non-strict", action="store_true",
+    p.add_argument("--non_strict", "--non-strict", action="store_true",
                    help="keep fresh values for missing keys (official strict=False)")
-    p.add_argument("--to-torch", action="store_true", help="convert our params back")
-    p.add_argument("--params", help="with --to-torch: our params directory")
+    p.add_argument("--to_torch", "--to-torch", action="store_true",
+                   help="convert our params back")
+    p.add_argument("--params", help="with --to_torch: our params directory")
     p.add_argument("--verbosity", type=int, default=0,
                    help="1: show the full traceback of an error instead of one line")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.to_torch and not args.params:
-        p.error("--to-torch needs --params DIR")
+        p.error("--to_torch needs --params DIR")
     if not args.to_torch and (not args.torch or not args.arch):
-        p.error("give --torch CKPT --arch ARCH (or --to-torch --params DIR)")
+        p.error("give --torch CKPT --arch ARCH (or --to_torch --params DIR)")
     with user_errors(args.verbosity):
         return _to_torch(args) if args.to_torch else _from_torch(args)
 

@@ -95,7 +95,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from cavmae_jax import audio, video
+from cavmae_jax import audio, cli, video
 from cavmae_jax.data import records
 from data_prep.clips import (  # noqa: F401 - re-exported: the TFDS builder and tests use them
     SILENCE_PEAK,
@@ -689,8 +689,8 @@ def config_from_args(ap: argparse.ArgumentParser, a: argparse.Namespace) -> Conv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m data_prep.convert",
-                                 description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser(prog="python -m data_prep.convert",
+                            description=__doc__.split("\n\n")[0])
     add_input_args(ap)
     ap.add_argument("--output", required=True,
                     help="output folder; may already hold other splits (they are kept)")

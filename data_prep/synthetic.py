@@ -11,7 +11,6 @@ ArrayRecord. Clip ``i`` depends only on (seed, i, settings): it does not change 
 of clips or workers, and the mp4 bytes are identical between runs (x264 runs single-threaded).
 """
 
-import argparse
 import concurrent.futures
 import csv
 import dataclasses
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import tqdm
 
+from cavmae_jax import cli
 from cavmae_jax.data import synthetic
 
 
@@ -126,7 +126,8 @@ def write_dataset(output: str | os.PathLike, num_clips: int, seed: int,
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse flags and write the dataset."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m data_prep.synthetic",
+                           description=__doc__.split("\n")[0])
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--num_clips", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)

@@ -28,7 +28,6 @@ Limitation: TFDS cannot write an empty split, so a split whose every input fails
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -41,7 +40,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from cavmae_jax import audio, video
+from cavmae_jax import audio, cli, video
 from cavmae_jax.data import records, sampling, tfds_source
 from cavmae_jax.data.tfds_source import RecordSource
 from data_prep import convert
@@ -390,8 +389,8 @@ def build(source: Source, data_dir: str, cfg: convert.ConvertConfig, name: str |
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m data_prep.tfds_builder",
-                                 description=__doc__.split("\n\n")[0])
+    ap = cli.ArgumentParser(prog="python -m data_prep.tfds_builder",
+                            description=__doc__.split("\n\n")[0])
     convert.add_input_args(ap)
     ap.add_argument("--data_dir", required=True,
                     help="TFDS data_dir; on a cluster runner, storage every worker can write")

@@ -68,7 +68,7 @@ def test_npz_file_and_cli_round_trip(tmp_path):
     assert convert.main(["--torch", str(src), "--arch", "sync", "--kwargs",
                          json.dumps(meta["constructor_kwargs"]), "--out", str(out_dir)]) == 0
     back = tmp_path / "back.npz"
-    assert convert.main(["--to-torch", "--params", str(out_dir), "--out", str(back)]) == 0
+    assert convert.main(["--to_torch", "--params", str(out_dir), "--out", str(back)]) == 0
     with np.load(back) as z:
         assert set(z.files) == set(sd)
         for k in sd:

@@ -210,7 +210,7 @@ def test_to_torch_without_torch_is_one_line(tmp_path, capsys):
     else:
         pytest.skip("torch is installed")
     with pytest.raises(SystemExit) as e:
-        ckpt_convert.main(["--to-torch", "--params", str(tmp_path), "--out",
+        ckpt_convert.main(["--to_torch", "--params", str(tmp_path), "--out",
                            str(tmp_path / "sd.pth")])
     assert e.value.code == 2
     assert "sd.pth needs PyTorch" in _one_error_line(capsys)

@@ -10,6 +10,8 @@ checkpoints saved without one.
 from absl import app, flags
 from ml_collections import config_flags
 
+from cavmae_jax.config import STRATEGIES
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Optional recipe (data and eval "
                                           "settings; the model comes from the checkpoint).",
                                           lock_config=True)
@@ -21,7 +23,7 @@ _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: config.
 _OUTPUT = flags.DEFINE_string("output", None, "Report folder (default: W/eval, W/eval/step_N "
                               "for an older step, or PARAMS/eval).")
 _TASK = flags.DEFINE_enum("task", "retrieval", ["retrieval", "classification"], "What to run.")
-_STRATEGY = flags.DEFINE_enum("strategy", None, ["diagonal_mean", "diagonal_max", "mean", "max"],
+_STRATEGY = flags.DEFINE_enum("strategy", None, list(STRATEGIES),
                               "Aggregation over pairs (default: config.eval.strategy).")
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", None, "Score only the first N clips.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")

@@ -1,9 +1,9 @@
 """Classification metrics: AudioSet mAP, VGGSound top-1 accuracy, per-frame aggregation.
 
-Matches the official CAV-MAE evaluation (its finetuning `validate`): per-frame predictions are turned into
-probabilities (sigmoid for mAP, softmax for accuracy) and averaged over frames; mAP is the mean over
-classes of scikit-learn's `average_precision_score`, reimplemented here in numpy so that the
-package does not depend on scikit-learn. Metrics are fractions in [0, 1], as the official
+Matches the official CAV-MAE evaluation (its finetuning `validate`): per-frame predictions are
+turned into probabilities (sigmoid for mAP, softmax for accuracy) and averaged over frames; mAP is
+the mean over classes of scikit-learn's `average_precision_score`, reimplemented here in numpy so
+that the package does not depend on scikit-learn. Metrics are fractions in [0, 1], as the official
 `calculate_stats` returns them (papers print them x100).
 """
 

@@ -15,13 +15,14 @@ memory for the all-pairs strategies), never over clip pairs.
 from __future__ import annotations
 
 import pathlib
+import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 
 Strategy = Literal["diagonal_mean", "diagonal_max", "mean", "max"]
-STRATEGIES: tuple[str, ...] = ("diagonal_mean", "diagonal_max", "mean", "max")
+STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)  # the one list of aggregations
 
 # Peak size of one chunk's intermediate block in `similarity` (the K x K strategies).
 _DEFAULT_CHUNK_BYTES = 256 * 2**20

@@ -27,11 +27,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from cavmae_jax import audio as audio_lib
 from cavmae_jax import config as config_lib
 from cavmae_jax import parallel, video
 from cavmae_jax.config import Config
 from cavmae_jax.data import pipeline
-from cavmae_jax.evaluate import classification, retrieval
+from cavmae_jax.evaluate import classification, moments, retrieval
 from cavmae_jax.models.cavmae import CAVMAE
 from cavmae_jax.models.heads import CAVMAEClassifier
 from cavmae_jax.train import console
@@ -60,15 +61,37 @@ def _gather_per_clip(x: jax.Array, pairs: int) -> np.ndarray:
     return x.reshape(-1, pairs, *x.shape[1:])
 
 
+_ID_BYTES = 512  # clip ids travel between processes as fixed-width UTF-8 (longer ones are cut)
+
+
+def _encode_ids(ids: Any) -> np.ndarray:
+    """[c] str -> [c, _ID_BYTES] uint8 (zero-padded UTF-8), gatherable across processes."""
+    raw = np.asarray(ids).reshape(-1).astype(str)
+    return np.frombuffer(np.char.encode(raw, "utf-8").astype(f"S{_ID_BYTES}").tobytes(),
+                         np.uint8).reshape(len(raw), _ID_BYTES)
+
+
+def _decode_ids(codes: np.ndarray) -> np.ndarray:
+    """Inverse of `_encode_ids`: [c, _ID_BYTES] uint8 -> [c] str."""
+    raw = np.ascontiguousarray(codes, np.uint8).view(f"S{_ID_BYTES}").reshape(-1)
+    return np.asarray([b.decode("utf-8", "ignore") for b in raw], dtype=str)
+
+
 def collect(run: Run, params: Any, task: str, embed=None) -> dict[str, np.ndarray]:
-    """Runs every pair of every eval clip through the model; per-clip arrays in clip order."""
+    """Runs every pair of every eval clip through the model; per-clip arrays in clip order.
+
+    Returns `labels` [N, C], `clip_index` [N], `ids` [N] str, `times` [N, K] (seconds of each
+    pair, see `pipeline.pair_times`), `frame_k` [K], and `audio`, `video` [N, K, D]
+    (retrieval) or `logits` [N, K, C] (classification).
+    """
     cfg = run.config
     it = pipeline.make_retrieval_iterator(
         cfg.data.dir, cfg.data.eval_split, process_index=jax.process_index(),
         process_count=jax.process_count(), clips_per_batch=cfg.eval.batch_size, config=cfg.data)
     total = int(run.metadata["splits"][cfg.data.eval_split]["num_records"])
     embed = embed or _embed_fn(run.model, task, cfg.finetune.mode)
-    outputs: dict[str, list] = {"out": [], "clip_index": [], "valid": [], "labels": []}
+    outputs: dict[str, list] = {"out": [], "clip_index": [], "valid": [], "labels": [],
+                                "times": [], "ids": []}
     bar = tqdm(total=total, desc=f"eval {task}", unit="clip", leave=False,
                disable=jax.process_index() != 0)
     gather = lambda x: np.asarray(multihost_utils.process_allgather(np.asarray(x)))
@@ -89,12 +112,16 @@ def collect(run: Run, params: Any, task: str, embed=None) -> dict[str, np.ndarra
         outputs["valid"].append(gather(batch["valid"]).reshape(-1))
         outputs["labels"].append(
             gather(batch["labels"]).reshape(len(clip_index), batch["labels"].shape[-1]))
+        outputs["times"].append(gather(batch["times"][:, k]).reshape(len(clip_index), len(k)))
+        outputs["ids"].append(gather(_encode_ids(batch["id"])).reshape(len(clip_index), -1))
         bar.update(int(np.sum(batch["valid"])) * jax.process_count())
     bar.close()
     valid = np.concatenate(outputs["valid"])
     order = np.argsort(np.concatenate(outputs["clip_index"])[valid], kind="stable")
     stack = lambda xs: np.concatenate(xs)[valid][order]
-    result = {"labels": stack(outputs["labels"])}
+    result = {"labels": stack(outputs["labels"]), "clip_index": stack(outputs["clip_index"]),
+              "times": stack(outputs["times"]), "ids": _decode_ids(stack(outputs["ids"])),
+              "frame_k": np.asarray(k, np.int32)}
     if task == "retrieval":
         result["audio"] = stack([o[0] for o in outputs["out"]])  # [N, K, D]
         result["video"] = stack([o[1] for o in outputs["out"]])
@@ -113,6 +140,25 @@ def retrieval_report(run: Run, data: dict[str, np.ndarray]
     report["chance"] = {f"r{k}": 100.0 * min(k, n) / n for k in (1, 5, 10)}
     report["pairs_per_clip"] = int(data["audio"].shape[1])
     return report, details
+
+
+def moments_report(run: Run, data: dict[str, np.ndarray], sim: np.ndarray
+                   ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Moment metrics (evaluate/moments.py) on the clips the retrieval report scored.
+
+    Args:
+      data: `collect` output (`audio`, `video` [N, K, D], `times` [N, K], `labels` [N, C]).
+      sim: [n, n] the retrieval report's clip-level similarity (its first n clips).
+    """
+    n = sim.shape[0]
+    k = data["audio"].shape[1]
+    total = int(run.metadata.get("settings", {}).get("target_length", audio_lib.TARGET_LENGTH))
+    windows = None
+    if k > 1 and 0 < run.config.data.window_length <= total:  # all N pairs: the official table
+        windows = audio_lib.window_table(k, run.config.data.window_length, total)
+    return moments.moment_report(data["audio"][:n], data["video"][:n], times=data["times"][:n],
+                                 labels=data["labels"][:n], sim=sim,
+                                 strategy=run.config.eval.strategy, windows=windows)
 
 
 class RetrievalEvaluator:
@@ -198,9 +244,10 @@ def evaluate(checkpoint: str | os.PathLike, task: str = "retrieval",
     params = run.params_on_mesh(loaded.params)
     console.say(f"evaluating {loaded.describe()} on {cfg.data.dir} ({cfg.data.eval_split})")
     collected = collect(run, params, task)
-    details = None
+    details = moment_details = None
     if task == "retrieval":
         report, details = retrieval_report(run, collected)
+        report["moments"], moment_details = moments_report(run, collected, details["sim"])
     else:
         kind = "sigmoid" if cfg.finetune.loss == "bce" else "softmax"
         probs = classification.aggregate_frames(collected["logits"], kind)
@@ -221,6 +268,12 @@ def evaluate(checkpoint: str | os.PathLike, task: str = "retrieval",
         _write_json(out_dir / f"{task}.json", report)
         if details is not None:
             retrieval.plot_retrieval(details["sim"], report, out_dir / "retrieval.png")
+            moments.plot_moments(moment_details, report["moments"], out_dir / "moments.png")
+            moments.save_embeddings(
+                out_dir / "embeddings.npz", collected["audio"], collected["video"],
+                clip_ids=collected["ids"], clip_index=collected["clip_index"],
+                labels=collected["labels"], times=collected["times"],
+                frame_k=collected["frame_k"])
         console.say(format_report(task, report))
         console.say(f"wrote {out_dir / f'{task}.json'}")
     return report
@@ -252,4 +305,6 @@ def format_report(task: str, report: dict[str, Any]) -> str:
         lines.append(f"{name:6}{m['r1']:8.1f}{m['r5']:8.1f}{m['r10']:8.1f}{m['medr']:8.1f}")
     ch = report["chance"]
     lines.append(f"{'chance':6}{ch['r1']:8.1f}{ch['r5']:8.1f}{ch['r10']:8.1f}")
+    if "moments" in report:
+        lines += moments.format_moments(report["moments"])
     return "\n".join(lines)
