@@ -46,3 +46,16 @@ def clip_features(model: CAVMAE, params, path: str | os.PathLike, num_frames: in
     out = jax.jit(lambda p, a, v: model.apply({"params": p}, a, v, method=CAVMAE.features))(
         params, audio_in, video_in)
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+def pair_embed_fn(model: CAVMAE) -> jax.stages.Wrapped:
+    """jit((params, audio [n, L, 128] normalized, frames [n, S, S, 3] pixels) -> (global_a
+    [n, D], global_v [n, D])): the retrieval embeddings of n (window, frame) pairs, as
+    evaluation computes them (frames are normalized inside, like the pipeline's uint8 batches).
+    """
+    def embed(params, audio_in, frames):
+        f = model.apply({"params": params}, audio_in, video.normalize_image(frames),
+                        method=CAVMAE.features)
+        return f["global_a"], f["global_v"]
+
+    return jax.jit(embed)

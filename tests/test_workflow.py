@@ -169,21 +169,50 @@ def test_non_finite_loss_is_never_checkpointed(data_dir, tmp_path):
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params)), step
 
 
+def _truncate_arrays(step_dir: pathlib.Path) -> None:
+    for f in (step_dir / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            f.write_bytes(f.read_bytes()[:10])
+
+
+def _break_metadata(step_dir: pathlib.Path) -> None:
+    (step_dir / "state" / "_METADATA").write_text("{not json")
+
+
+def _break_iterator(step_dir: pathlib.Path) -> None:
+    for f in (step_dir / "data_iter").glob("*.json"):
+        f.write_text('{"next_index": ')
+
+
+@pytest.mark.parametrize("damage", [_truncate_arrays, _break_metadata, _break_iterator],
+                         ids=["truncated-arrays", "broken-METADATA", "broken-iterator-json"])
 def test_unreadable_latest_checkpoint_falls_back_to_an_older_one(pretrained, data_dir,
-                                                                 tmp_path):
+                                                                 tmp_path, damage):
     import shutil
 
     workdir = tmp_path / "corrupt"
     shutil.copytree(pretrained[0] / "checkpoints", workdir / "checkpoints")
-    for f in (workdir / "checkpoints" / "6" / "state").rglob("*"):
-        if f.is_file() and f.parent.name == "d":
-            f.write_bytes(f.read_bytes()[:10])  # truncated array data
+    damage(workdir / "checkpoints" / "6")
     proc = _ok(run_cli("cavmae_jax.main", *TRAIN, f"--workdir={workdir}",
                        f"--config.data.dir={data_dir}"))
     text = proc.stdout + proc.stderr
     assert "Checkpoint step 6" in text and "unreadable" in text and "resumed from step 3" in text
     assert (workdir / "checkpoints" / "6.unreadable").is_dir()  # kept, set aside
     assert (workdir / "checkpoints" / "6" / "state").is_dir()  # redone
+
+
+def test_no_readable_checkpoint_is_one_line(pretrained, data_dir, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "all_corrupt"
+    shutil.copytree(pretrained[0] / "checkpoints", workdir / "checkpoints")
+    for step in ("3", "6"):
+        _break_metadata(workdir / "checkpoints" / step)
+    proc = run_cli("cavmae_jax.main", *TRAIN, f"--workdir={workdir}",
+                   f"--config.data.dir={data_dir}")
+    err = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error: ")]
+    assert proc.returncode == 2 and len(err) == 1 and "no readable checkpoint" in err[0], \
+        proc.stderr[-2000:]
 
 
 def test_a_second_training_on_the_same_workdir_is_refused(tmp_path):
