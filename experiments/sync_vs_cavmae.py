@@ -11,7 +11,8 @@ same synthetic clips for the same number of steps and batch size (the same clips
 
 - `cavmae`: CAV-MAE, the whole 10 s fbank with one frame, no global or register tokens;
   evaluated by its own protocol (middle frame, whole audio), so it has no moment metrics;
-- `sync`: the recipe as is (Sync as released: a window per frame, global + register tokens);
+- `sync`: Sync as released (a window per frame, global + register tokens), one moment per clip
+  per batch as the official loader draws it, at the recipe's window length;
 - `sync_no_global`: Sync without global tokens (contrast on mean-pooled patch tokens);
 - `sync_no_registers`: Sync without register tokens;
 - `sync_moments`: Sync with 4 moments per clip in every batch (in-clip negatives).
@@ -38,14 +39,18 @@ import numpy as np
 from cavmae_jax import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Each variant sets what it is about explicitly, so the recipe's own choice of moments per clip
+# does not leak in (the demo recipe trains with 4).
+ONE_MOMENT = "--config.data.moments_per_clip=1"
 VARIANTS: dict[str, dict[str, list[str]]] = {
     "cavmae": {"train": ["--config.model.arch=cavmae", "--config.model.audio_length=1024",
                          "--config.model.global_tokens=False",
-                         "--config.model.num_register_tokens=0"],
+                         "--config.model.num_register_tokens=0", ONE_MOMENT],
                "eval": ["--config.eval.middle_frame_only=True"]},
-    "sync": {"train": [], "eval": []},
-    "sync_no_global": {"train": ["--config.model.global_tokens=False"], "eval": []},
-    "sync_no_registers": {"train": ["--config.model.num_register_tokens=0"], "eval": []},
+    "sync": {"train": [ONE_MOMENT], "eval": []},
+    "sync_no_global": {"train": ["--config.model.global_tokens=False", ONE_MOMENT], "eval": []},
+    "sync_no_registers": {"train": ["--config.model.num_register_tokens=0", ONE_MOMENT],
+                          "eval": []},
     "sync_moments": {"train": ["--config.data.moments_per_clip=4"], "eval": []},
 }
 # (column, path in retrieval.json, path of its chance); None: no chance level.
