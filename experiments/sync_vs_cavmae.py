@@ -151,7 +151,8 @@ def summarize(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, A
 def markdown(summary: Mapping[str, Any]) -> str:
     """The table: mean +/- std over seeds per column, chance in the last row."""
     names = [c[0] for c in COLUMNS]
-    lines = ["| variant | " + " | ".join(names) + " | train s |",
+    header = [n.replace("|", "\\|") for n in names]  # |dt| must not split a cell
+    lines = ["| variant | " + " | ".join(header) + " | train s |",
              "|---" * (len(names) + 2) + "|"]
     chance: dict[str, float | None] = {}
     for variant, row in summary.items():
