@@ -208,7 +208,7 @@ def test_to_torch_without_torch_is_one_line(tmp_path, capsys):
     except ImportError:
         pass
     else:
-        pytest.skip("torch is installed here: this test checks the one-line error shown where it is not")
+        pytest.skip("torch is installed: this checks the error shown without it")
     with pytest.raises(SystemExit) as e:
         ckpt_convert.main(["--to_torch", "--params", str(tmp_path), "--out",
                            str(tmp_path / "sd.pth")])
