@@ -81,6 +81,34 @@ def test_zero_mae_weight_skips_the_decoder():
     assert float(jnp.abs(grads["decoder_embed"]["kernel"]).max()) == 0.0
 
 
+@pytest.mark.parametrize("overrides", [
+    dict(arch="sync", num_register_tokens=2),
+    dict(arch="sync", num_register_tokens=2, global_local_losses=True, contrastive_heads=True),
+    dict(arch="cavmae", global_tokens=False, num_register_tokens=0),
+])
+def test_unmasked_contrast_uses_the_retrieval_features(overrides):
+    """contrastive_unmasked: loss_c is InfoNCE of the unmasked features; the MAE is unchanged."""
+    model, params = make(contrastive_unmasked=True, contrastive_direction="both",
+                         contrast_loss_weight=0.5, **overrides)
+    c = model.config
+    args = inputs(c, batch=4)
+    out = pretrain(model, params, *args)
+    f = features(model, params, args[0], args[1])
+    if c.global_tokens:
+        want, _ = losses.info_nce(f["global_a"], f["global_v"], c.temperature, "both")
+        if c.global_local_losses:
+            local, _ = losses.info_nce(f["patches_a"].mean(1), f["patches_v"].mean(1),
+                                       c.temperature, "both")
+            want = (want + local) / 2
+    else:
+        want, _ = losses.info_nce(f["patches_a"].mean(1), f["patches_v"].mean(1),
+                                  c.temperature, "both")
+    np.testing.assert_allclose(out["loss_c"], 0.5 * want, rtol=1e-5)
+    masked = pretrain(CAVMAE(c.replace(contrastive_unmasked=False)), params, *args)
+    np.testing.assert_allclose(out["loss_mae"], masked["loss_mae"], rtol=1e-6)
+    assert abs(float(out["loss_c"]) - float(masked["loss_c"])) > 1e-4
+
+
 def test_joint_blocks_apply_cumulatively():
     """With 2 joint layers the first one must influence the modality passes (the official
     loop would use only the last block)."""

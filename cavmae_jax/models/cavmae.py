@@ -196,6 +196,19 @@ class CAVMAE(nn.Module):
             return x[:, 1:], x[:, 0]
         return x, jnp.mean(x, axis=1)
 
+    def _contrastive_tokens(self, audio: jax.Array, video: jax.Array) -> dict[str, jax.Array]:
+        """global_a/v (and tokens_a/v where the loss needs them) of the unmasked inputs."""
+        c = self.config
+        global_only = c.global_tokens and not c.global_local_losses
+        a, v = self._embed(audio, video)
+        out = {}
+        for m, tokens in (("a", a), ("v", v)):
+            tokens, out[f"global_{m}"] = self._split_global(
+                self._modality_joint(self._unimodal(tokens, m), m, global_only))
+            if not global_only:
+                out[f"tokens_{m}"] = tokens
+        return out
+
     # ---------------------------------------------------------------- public
     def features(self, audio: jax.Array, video: jax.Array) -> dict[str, jax.Array]:
         """Unmasked retrieval features, as the official `forward_feat` (before L2 normalization).
@@ -235,6 +248,8 @@ class CAVMAE(nn.Module):
         # The contrastive loss needs the patch tokens only for CAV-MAE's token mean and Sync's
         # local loss; otherwise the modality passes compute just the global tokens (unless
         # intermediates are collected: the parity tests compare the patch tokens too).
+        if c.contrastive_unmasked:  # pretrain embeds the unmasked inputs for the contrast
+            return out
         global_only = (c.global_tokens and not c.global_local_losses
                        and not self.is_mutable_collection("intermediates"))
         for m, tokens in (("a", a), ("v", v)):
@@ -305,6 +320,8 @@ class CAVMAE(nn.Module):
             return losses.info_nce(rep_a, rep_v, temperature, c.contrastive_direction,
                                    c.negative_groups)
 
+        if c.contrast_loss_weight != 0 and c.contrastive_unmasked:
+            enc.update(self._contrastive_tokens(audio, video))
         if c.contrast_loss_weight != 0:
             if c.global_tokens:
                 nce_value, c_acc = nce(enc["global_a"], enc["global_v"])

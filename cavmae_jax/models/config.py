@@ -54,6 +54,9 @@ class ModelConfig:
     negative_groups: int = 1
     mae_loss_weight: float = 1.0
     contrast_loss_weight: float = 0.01
+    # True: the contrastive loss embeds the unmasked inputs in a second encoder pass (as
+    # retrieval does); the official code takes them from the masked reconstruction pass.
+    contrastive_unmasked: bool = False
     # Numerics and memory.
     dtype: str = "float32"  # compute dtype; params are always float32
     remat: bool = False  # recompute each block's activations in the backward pass
