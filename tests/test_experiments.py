@@ -13,12 +13,16 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("sync_vs_cavmae",
-                                                  ROOT / "experiments" / "sync_vs_cavmae.py")
+def _experiment(name: str):
+    """experiments/<name>.py as a module (experiments/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _script():
+    return _experiment("sync_vs_cavmae")
 
 
 def test_shrunken_ablation_run(tmp_path, capsys):
@@ -47,17 +51,9 @@ def test_shrunken_ablation_run(tmp_path, capsys):
     assert (tmp_path / "runs" / "sync_s0" / "eval" / "retrieval.json").stat().st_mtime_ns == stamp
 
 
-def _oracle():
-    spec = importlib.util.spec_from_file_location("moment_oracle",
-                                                  ROOT / "experiments" / "moment_oracle.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_moment_oracle_on_constructed_events(tmp_path, capsys):
     """Two events, one per half of a 10 s clip: identity matching beats presence, both > 0."""
-    oracle = _oracle()
+    oracle = _experiment("moment_oracle")
     clips = [{"duration": 10.0, "events": [{"onset": 0.0, "offset": 1.9},
                                            {"onset": 5.0, "offset": 6.9}]}] * 3
     result = oracle.evaluate(clips, num_frames=16, window_length=96)
