@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo_out
+SEED ?= 0
 # XLA:CPU maps a fresh temp buffer every step; malloc with transparent huge pages makes CPU train
 # steps ~10% faster (cavmae_jax/hostmem.py). A GLIBC_TUNABLES of your own takes precedence.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
@@ -19,11 +20,12 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # Synthetic clips -> ArrayRecord -> train the tiny Sync demo model on CPU -> retrieval on held-out
-# clips, printed beside chance. See README.md "What the demo shows".
+# clips, printed beside chance. See README.md "What the demo shows". `make demo SEED=1
+# DEMO=demo_s1` draws other clips and trains with another seed, in a folder of its own.
 demo: venv
-	$(PY) -m data_prep.synthetic --output $(DEMO)/videos --num_clips 192 --seed 0 --workers 2
-	$(PY) -m data_prep.convert --input $(DEMO)/videos --labels $(DEMO)/videos/labels.csv --holdout 0.1667 --holdout_split test --output $(DEMO)/data --workers 2
-	$(PY) -m cavmae_jax.main --config=configs/demo.py --workdir=$(DEMO)/run --config.data.dir=$(DEMO)/data
+	$(PY) -m data_prep.synthetic --output $(DEMO)/videos --num_clips 192 --seed $(SEED) --workers 2
+	$(PY) -m data_prep.convert --input $(DEMO)/videos --labels $(DEMO)/videos/labels.csv --holdout 0.1667 --holdout_split test --output $(DEMO)/data --workers 2 --image_size 112
+	$(PY) -m cavmae_jax.main --config=configs/demo.py --workdir=$(DEMO)/run --config.data.dir=$(DEMO)/data --config.train.seed=$(SEED)
 	$(PY) -m cavmae_jax.evaluate --checkpoint=$(DEMO)/run --task=retrieval
 
 test: venv

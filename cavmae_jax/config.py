@@ -254,6 +254,11 @@ def build(tree: ml_collections.ConfigDict | Mapping[str, Any] | Config) -> Confi
     elif cfg.data.window_length != cfg.model.audio_length:
         raise ConfigError(f"config.data.window_length={cfg.data.window_length} differs from "
                           f"config.model.audio_length={cfg.model.audio_length}; leave it 0")
+    if cfg.data.image_size == 0:
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, image_size=cfg.model.img_size))
+    elif cfg.data.image_size != cfg.model.img_size:
+        raise ConfigError(f"config.data.image_size={cfg.data.image_size} differs from "
+                          f"config.model.img_size={cfg.model.img_size}; leave it 0")
     if not 0.0 <= cfg.data.augment.mixup <= 1.0:
         raise ConfigError(f"config.data.augment.mixup is a probability, got "
                           f"{cfg.data.augment.mixup}")

@@ -25,6 +25,7 @@ CONFIGS = [(cavmae_pretrain, ""), (cavmae_pretrain, "local"), (sync_pretrain, ""
 def test_every_config_builds_and_round_trips(module, arg):
     cfg = config.build(module.get_config(arg))
     assert cfg.data.window_length == cfg.model.audio_length  # filled in from the model
+    assert cfg.data.image_size == cfg.model.img_size
     assert config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
@@ -62,6 +63,7 @@ def test_every_section_field_is_in_the_tree():
     (("finetune", "loss", "hinge"), "config.finetune: loss must be 'bce' or 'ce'"),
     (("optim", "name", "sgd"), "config.optim: name must be one of"),
     (("data", "window_length", 64), "config.data.window_length=64 differs"),
+    (("data", "image_size", 112), "config.data.image_size=112 differs"),
 ])
 def test_build_names_the_bad_key(change, message):
     values = config.base().to_dict()

@@ -68,7 +68,8 @@ BASE_FLAGS = ("--config=configs/demo.py:test", f"--config.train.num_steps={N_STE
 PARITY_MODEL_FLAGS = ("--config.model.arch=cavmae", "--config.model.audio_length=64",
                       "--config.model.embed_dim=64", "--config.model.num_heads=4",
                       "--config.model.modality_specific_depth=11", "--config.model.joint_depth=1",
-                      "--config.model.global_tokens=False", "--config.model.num_register_tokens=0")
+                      "--config.model.global_tokens=False", "--config.model.num_register_tokens=0",
+                      "--config.model.img_size=224")  # the fixture is the official 224 model
 
 
 class Runs:

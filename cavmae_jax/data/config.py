@@ -107,6 +107,8 @@ def make_config(config: PipelineConfig | Mapping[str, Any] | None = None,
     cfg = PipelineConfig(**fields)
     if cfg.window_length <= 0:
         raise ValueError(f"window_length must be positive, got {cfg.window_length}")
+    if cfg.image_size <= 0:
+        raise ValueError(f"image_size must be positive, got {cfg.image_size}")
     if not 0.0 <= cfg.augment.mixup <= 1.0:
         raise ValueError(f"augment.mixup is a probability, got {cfg.augment.mixup}")
     if cfg.moments_per_clip < 1:
@@ -124,11 +126,12 @@ _DATA_ONLY = ("dir", "train_split", "eval_split")
 class DataConfig(PipelineConfig):
     """The `data` section of a run's config: where the records are, and how to read them.
 
-    `window_length` 0 means the model's `audio_length` (the only length the model accepts);
-    the config tree fills it in when it is built.
+    `window_length` 0 means the model's `audio_length`, and `image_size` 0 the model's
+    `img_size` (the only sizes the model accepts); the config tree fills them in when it is built.
     """
 
     dir: str = ""  # output folder of data_prep.convert, or a TFDS build's versioned folder
     train_split: str = "train"
     eval_split: str = "test"
     window_length: int = 0
+    image_size: int = 0
