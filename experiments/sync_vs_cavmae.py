@@ -15,7 +15,11 @@ same synthetic clips for the same number of steps and batch size (the same clips
   per batch as the official loader draws it, at the recipe's window length;
 - `sync_no_global`: Sync without global tokens (contrast on mean-pooled patch tokens);
 - `sync_no_registers`: Sync without register tokens;
-- `sync_moments`: Sync with 4 moments per clip in every batch (in-clip negatives).
+- `sync_moments`: Sync with 4 moments per clip in every batch (in-clip negatives);
+- `sync_moments_unmasked`: the same with the contrastive loss on an unmasked second pass
+  (`model.contrastive_unmasked`), the demo's recipe.
+
+All but the last take the contrastive loss from the masked pass, as the official code does.
 
 Writes, under --out: `data/` (the clips, converted once), `runs/<variant>_s<seed>/` (each run;
 a finished one is not redone), `results.json` (every run's numbers), `results.md` (mean and
@@ -39,19 +43,24 @@ import numpy as np
 from cavmae_jax import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Each variant sets what it is about explicitly, so the recipe's own choice of moments per clip
-# does not leak in (the demo recipe trains with 4).
+# Each variant sets what it is about explicitly, so the recipe's own choices do not leak in (the
+# demo recipe trains with 4 moments per clip and the contrast on an unmasked pass).
 ONE_MOMENT = "--config.data.moments_per_clip=1"
+OFFICIAL_CONTRAST = "--config.model.contrastive_unmasked=False"
 VARIANTS: dict[str, dict[str, list[str]]] = {
     "cavmae": {"train": ["--config.model.arch=cavmae", "--config.model.audio_length=1024",
                          "--config.model.global_tokens=False",
-                         "--config.model.num_register_tokens=0", ONE_MOMENT],
+                         "--config.model.num_register_tokens=0", ONE_MOMENT, OFFICIAL_CONTRAST],
                "eval": ["--config.eval.middle_frame_only=True"]},
-    "sync": {"train": [ONE_MOMENT], "eval": []},
-    "sync_no_global": {"train": ["--config.model.global_tokens=False", ONE_MOMENT], "eval": []},
-    "sync_no_registers": {"train": ["--config.model.num_register_tokens=0", ONE_MOMENT],
-                          "eval": []},
-    "sync_moments": {"train": ["--config.data.moments_per_clip=4"], "eval": []},
+    "sync": {"train": [ONE_MOMENT, OFFICIAL_CONTRAST], "eval": []},
+    "sync_no_global": {"train": ["--config.model.global_tokens=False", ONE_MOMENT,
+                                 OFFICIAL_CONTRAST], "eval": []},
+    "sync_no_registers": {"train": ["--config.model.num_register_tokens=0", ONE_MOMENT,
+                                    OFFICIAL_CONTRAST], "eval": []},
+    "sync_moments": {"train": ["--config.data.moments_per_clip=4", OFFICIAL_CONTRAST],
+                     "eval": []},
+    "sync_moments_unmasked": {"train": ["--config.data.moments_per_clip=4",
+                                        "--config.model.contrastive_unmasked=True"], "eval": []},
 }
 # (column, path in retrieval.json, path of its chance); None: no chance level.
 COLUMNS = (

@@ -45,6 +45,8 @@ def test_shrunken_ablation_run(tmp_path, capsys):
     # The moments variant trained with 4 moments per clip, as its config says.
     saved = json.loads((tmp_path / "runs" / "sync_moments_s0" / "config.json").read_text())
     assert saved["data"]["moments_per_clip"] == 4
+    # The recipe's unmasked contrast does not leak into the official-objective variants.
+    assert saved["model"]["contrastive_unmasked"] is False
     # A rerun redoes nothing: each finished run's report is reused.
     stamp = (tmp_path / "runs" / "sync_s0" / "eval" / "retrieval.json").stat().st_mtime_ns
     assert script.main(args) == 0
