@@ -196,15 +196,20 @@ class CAVMAE(nn.Module):
             return x[:, 1:], x[:, 0]
         return x, jnp.mean(x, axis=1)
 
-    def _contrastive_tokens(self, audio: jax.Array, video: jax.Array) -> dict[str, jax.Array]:
-        """global_a/v (and tokens_a/v where the loss needs them) of the unmasked inputs."""
+    def _contrastive_tokens(self, a: jax.Array, v: jax.Array) -> dict[str, jax.Array]:
+        """global_a/v and, where needed, tokens_a/v from the modality-specific outputs a, v.
+
+        The contrastive loss needs the patch tokens only for CAV-MAE's token mean and Sync's
+        local loss; otherwise the modality passes compute just the global tokens (unless
+        intermediates are collected: the parity tests compare the patch tokens too).
+        """
         c = self.config
-        global_only = c.global_tokens and not c.global_local_losses
-        a, v = self._embed(audio, video)
+        global_only = (c.global_tokens and not c.global_local_losses
+                       and not self.is_mutable_collection("intermediates"))
         out = {}
         for m, tokens in (("a", a), ("v", v)):
             tokens, out[f"global_{m}"] = self._split_global(
-                self._modality_joint(self._unimodal(tokens, m), m, global_only))
+                self._modality_joint(tokens, m, global_only))
             if not global_only:
                 out[f"tokens_{m}"] = tokens
         return out
@@ -245,18 +250,8 @@ class CAVMAE(nn.Module):
         latent = self.norm(x)
         out = dict(latent=latent, mask_a=ma.mask, mask_v=mv.mask, ids_restore_a=ma.ids_restore,
                    ids_restore_v=mv.ids_restore)
-        # The contrastive loss needs the patch tokens only for CAV-MAE's token mean and Sync's
-        # local loss; otherwise the modality passes compute just the global tokens (unless
-        # intermediates are collected: the parity tests compare the patch tokens too).
-        if c.contrastive_unmasked:  # pretrain embeds the unmasked inputs for the contrast
-            return out
-        global_only = (c.global_tokens and not c.global_local_losses
-                       and not self.is_mutable_collection("intermediates"))
-        for m, tokens in (("a", a), ("v", v)):
-            tokens, out[f"global_{m}"] = self._split_global(
-                self._modality_joint(tokens, m, global_only))
-            if not global_only:
-                out[f"tokens_{m}"] = tokens
+        if not c.contrastive_unmasked:  # else pretrain takes them from the unmasked inputs
+            out.update(self._contrastive_tokens(a, v))
         return out
 
     def decode(self, latent: jax.Array, ids_restore_a: jax.Array,
@@ -321,7 +316,8 @@ class CAVMAE(nn.Module):
                                    c.negative_groups)
 
         if c.contrast_loss_weight != 0 and c.contrastive_unmasked:
-            enc.update(self._contrastive_tokens(audio, video))
+            a, v = self._embed(audio, video)
+            enc.update(self._contrastive_tokens(self._unimodal(a, "a"), self._unimodal(v, "v")))
         if c.contrast_loss_weight != 0:
             if c.global_tokens:
                 nce_value, c_acc = nce(enc["global_a"], enc["global_v"])
