@@ -1,5 +1,6 @@
 """M moments per clip in a train batch (`data.moments_per_clip`): layout, content, resume,
-config checks, and that the clip's other moments are the contrastive loss's negatives."""
+config checks, that the clip's other moments are the contrastive loss's negatives, and the
+in-clip loss (`model.in_clip_loss_weight`)."""
 
 import pathlib
 
@@ -12,6 +13,8 @@ from cavmae_jax import audio, losses
 from cavmae_jax import config as config_lib
 from cavmae_jax.data import pipeline, records
 from cavmae_jax.data import synthetic as synth
+from cavmae_jax.models import config as model_config
+from cavmae_jax.models.cavmae import CAVMAE, init_params
 from cavmae_jax.train.run import Run
 from configs import demo
 from data_prep import convert
@@ -112,10 +115,47 @@ def _cfg(**changes):
     ({"data.moments_per_clip": 0}, "moments_per_clip must be >= 1"),
     ({"data.moments_per_clip": 3, "train.global_batch_size": 8}, "not a multiple of"),
     ({"data.moments_per_clip": 2, "data.augment.mixup": 0.5}, "does not combine with"),
+    ({"model.in_clip_loss_weight": 1.0}, "needs several moments of a clip"),
+    ({"data.moments_per_clip": 2, "model.clip_moments": 4}, "clip_moments=4 differs"),
 ])
 def test_bad_moment_settings_name_the_key(changes, message):
     with pytest.raises(config_lib.ConfigError, match=message):
         config_lib.build(_cfg(**changes))
+
+
+def test_clip_moments_follow_the_data():
+    cfg = config_lib.build(_cfg(**{"data.moments_per_clip": 4}))
+    assert cfg.model.clip_moments == 4
+
+
+def test_the_in_clip_loss_contrasts_each_clip_with_itself_only():
+    """in_clip_loss_weight adds InfoNCE over each clip's own M moments (one group per clip):
+    clip identity alone lowers the batch loss but not this one, and it is scaled by both
+    weights."""
+    c = model_config.ModelConfig(embed_dim=32, num_heads=2, modality_specific_depth=1,
+                                 decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
+                                 audio_length=48, img_size=32, num_register_tokens=1,
+                                 contrastive_direction="both", contrast_loss_weight=0.5,
+                                 contrastive_unmasked=True, in_clip_loss_weight=2.0,
+                                 clip_moments=M)
+    model, params = CAVMAE(c), init_params(c, jax.random.key(0))
+    k = jax.random.split(jax.random.key(1), 4)
+    b = 2 * M
+    args = (jax.random.normal(k[0], (b, 48, 128)), jax.random.normal(k[1], (b, 32, 32, 3)),
+            jax.random.uniform(k[2], (b, c.num_patches_a)),
+            jax.random.uniform(k[3], (b, c.num_patches_v)))
+    out = model.apply({"params": params}, *args, method=CAVMAE.pretrain)
+    f = model.apply({"params": params}, args[0], args[1], method=CAVMAE.features)
+    batch_nce, _ = losses.info_nce(f["global_a"], f["global_v"], c.temperature, "both")
+    per_clip = [losses.info_nce(f["global_a"][i:i + M], f["global_v"][i:i + M], c.temperature,
+                                "both")[0] for i in range(0, b, M)]
+    np.testing.assert_allclose(out["loss_c_in_clip"], 0.5 * 2.0 * np.mean(per_clip), rtol=1e-5)
+    np.testing.assert_allclose(out["loss_c"], 0.5 * batch_nce + out["loss_c_in_clip"],
+                               rtol=1e-5)
+    off = CAVMAE(c.replace(in_clip_loss_weight=0.0)).apply({"params": params}, *args,
+                                                           method=CAVMAE.pretrain)
+    assert "loss_c_in_clip" not in off
+    np.testing.assert_allclose(off["loss_c"], 0.5 * batch_nce, rtol=1e-5)
 
 
 def test_negative_groups_must_not_split_a_clip(data_dir):

@@ -332,6 +332,15 @@ class CAVMAE(nn.Module):
         else:
             nce_value, c_acc = zero, zero
         loss_c = c.contrast_loss_weight * nce_value
+        if (c.contrast_loss_weight != 0 and c.in_clip_loss_weight > 0
+                and not self.is_initializing()):  # init runs on a batch of 1
+            # Each clip's moments are consecutive: one negative group per clip.
+            rep_a, rep_v = ((enc["global_a"], enc["global_v"]) if c.global_tokens else
+                            (jnp.mean(enc["tokens_a"], 1), jnp.mean(enc["tokens_v"], 1)))
+            in_clip, _ = losses.info_nce(rep_a, rep_v, temperature, c.contrastive_direction,
+                                         rep_a.shape[0] // max(c.clip_moments, 1))
+            out.update(loss_c_in_clip=c.contrast_loss_weight * c.in_clip_loss_weight * in_clip)
+            loss_c = loss_c + out["loss_c_in_clip"]
         out.update(loss=loss_mae + loss_c, loss_mae=loss_mae, loss_mae_a=loss_mae_a,
                    loss_mae_v=loss_mae_v, loss_c=loss_c, c_acc=c_acc)
         return out

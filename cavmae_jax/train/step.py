@@ -49,7 +49,7 @@ def pretrain_loss(model: CAVMAE, params: Any, batch: Batch,
     out = model.apply({"params": params}, audio, frames, noise_a, noise_v,
                       method=CAVMAE.pretrain)
     metrics = {k: out[k] for k in ("loss", "loss_mae", "loss_mae_a", "loss_mae_v", "loss_c",
-                                   "c_acc")}
+                                   "c_acc", "loss_c_in_clip") if k in out}
     return out["loss"], metrics
 
 
