@@ -9,13 +9,13 @@ Prints a table and optionally writes JSON. Not part of pytest.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 
+import _report  # benchmarks/_report.py
 import numpy as np
 
 from cavmae_jax.evaluate import retrieval as R
@@ -105,10 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         "results": rows,
     }
     if args.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json_out}")
+        _report.write_json(args.json_out, result)
     return result
 
 

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 
+import _report  # benchmarks/_report.py, imported while this folder is still on sys.path
 import numpy as np
 
 # Run as a script, this folder comes first on sys.path, and its data_prep.py would shadow the
@@ -161,10 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         "results": [{"step": name, "seconds": t} for name, t in rows],
     }
     if args.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json_out}")
+        _report.write_json(args.json_out, result)
     return result
 
 
