@@ -12,6 +12,7 @@ import pytest
 from _procs import ROOT
 
 from cavmae_jax.evaluate import moments as M
+from cavmae_jax.evaluate import moments_plot
 from cavmae_jax.evaluate import retrieval as R
 
 K = 16
@@ -172,7 +173,7 @@ def test_offset_range_and_short_clips():
     assert "skipped" in rep
     one, det = M.moment_report(np.ones((3, 1, 4)), np.ones((3, 1, 4)))
     assert "skipped" in one["localization"] and "skipped" in one["offset"]
-    assert M.plot_moments(det, one, "/nonexistent/x.png") is None
+    assert moments_plot.plot_moments(det, one, "/nonexistent/x.png") is None
 
 
 # ------------------------------------------------------------------------------ in-class
@@ -278,7 +279,7 @@ def test_plot_writes_png(tmp_path):
     rng = np.random.default_rng(6)
     report, details = M.moment_report(rng.normal(size=(6, K, 4)), rng.normal(size=(6, K, 4)),
                                       times=_times(6))
-    path = M.plot_moments(details, report, tmp_path / "moments.png")
+    path = moments_plot.plot_moments(details, report, tmp_path / "moments.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -32,7 +32,7 @@ from cavmae_jax import config as config_lib
 from cavmae_jax import parallel, video
 from cavmae_jax.config import Config
 from cavmae_jax.data import pipeline
-from cavmae_jax.evaluate import classification, moments, retrieval
+from cavmae_jax.evaluate import classification, moments, moments_plot, retrieval
 from cavmae_jax.models.cavmae import CAVMAE
 from cavmae_jax.models.heads import CAVMAEClassifier
 from cavmae_jax.train import console
@@ -268,7 +268,7 @@ def evaluate(checkpoint: str | os.PathLike, task: str = "retrieval",
         _write_json(out_dir / f"{task}.json", report)
         if details is not None:
             retrieval.plot_retrieval(details["sim"], report, out_dir / "retrieval.png")
-            moments.plot_moments(moment_details, report["moments"], out_dir / "moments.png")
+            moments_plot.plot_moments(moment_details, report["moments"], out_dir / "moments.png")
             moments.save_embeddings(
                 out_dir / "embeddings.npz", collected["audio"], collected["video"],
                 clip_ids=collected["ids"], clip_index=collected["clip_index"],
