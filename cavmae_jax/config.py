@@ -259,14 +259,6 @@ def build(tree: ml_collections.ConfigDict | Mapping[str, Any] | Config) -> Confi
     elif cfg.data.image_size != cfg.model.img_size:
         raise ConfigError(f"config.data.image_size={cfg.data.image_size} differs from "
                           f"config.model.img_size={cfg.model.img_size}; leave it 0")
-    if cfg.model.clip_moments == 0:
-        cfg = cfg.replace(model=cfg.model.replace(clip_moments=cfg.data.moments_per_clip))
-    elif cfg.model.clip_moments != cfg.data.moments_per_clip:
-        raise ConfigError(f"config.model.clip_moments={cfg.model.clip_moments} differs from "
-                          f"config.data.moments_per_clip={cfg.data.moments_per_clip}; leave it 0")
-    if cfg.model.in_clip_loss_weight > 0 and cfg.data.moments_per_clip < 2:
-        raise ConfigError("config.model.in_clip_loss_weight > 0 needs several moments of a clip "
-                          "in a batch: set config.data.moments_per_clip >= 2")
     if not 0.0 <= cfg.data.augment.mixup <= 1.0:
         raise ConfigError(f"config.data.augment.mixup is a probability, got "
                           f"{cfg.data.augment.mixup}")

@@ -17,8 +17,9 @@ from cavmae_jax.train import state as state_lib
 from configs import cavmae_pretrain, demo, finetune, sync_pretrain
 
 CONFIGS = [(cavmae_pretrain, ""), (cavmae_pretrain, "local"), (sync_pretrain, ""),
-           (sync_pretrain, "local"), (demo, ""), (demo, "long"), (demo, "test"), (finetune, "as20k"),
-           (finetune, "as2m"), (finetune, "vggsound"), (finetune, "vggsound_local")]
+           (sync_pretrain, "local"), (demo, ""), (demo, "long"), (demo, "test"),
+           (finetune, "as20k"), (finetune, "as2m"), (finetune, "vggsound"),
+           (finetune, "vggsound_local")]
 
 
 @pytest.mark.parametrize("module,arg", CONFIGS)

@@ -335,10 +335,13 @@ class CAVMAE(nn.Module):
         if (c.contrast_loss_weight != 0 and c.in_clip_loss_weight > 0
                 and not self.is_initializing()):  # init runs on a batch of 1
             # Each clip's moments are consecutive: one negative group per clip.
+            if c.clip_moments < 2:
+                raise ValueError("in_clip_loss_weight > 0 needs clip_moments >= 2 (training "
+                                 "sets it from config.data.moments_per_clip)")
             rep_a, rep_v = ((enc["global_a"], enc["global_v"]) if c.global_tokens else
                             (jnp.mean(enc["tokens_a"], 1), jnp.mean(enc["tokens_v"], 1)))
             in_clip, _ = losses.info_nce(rep_a, rep_v, temperature, c.contrastive_direction,
-                                         rep_a.shape[0] // max(c.clip_moments, 1))
+                                         rep_a.shape[0] // c.clip_moments)
             out.update(loss_c_in_clip=c.contrast_loss_weight * c.in_clip_loss_weight * in_clip)
             loss_c = loss_c + out["loss_c_in_clip"]
         out.update(loss=loss_mae + loss_c, loss_mae=loss_mae, loss_mae_a=loss_mae_a,

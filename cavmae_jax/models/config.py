@@ -61,7 +61,8 @@ class ModelConfig:
     # groups of `clip_moments` consecutive moments of one clip): only in-clip negatives, so only
     # timing separates them. The official objective has no such term.
     in_clip_loss_weight: float = 0.0
-    # Moments of one clip per group of the batch; 0 follows config.data.moments_per_clip.
+    # Moments of one clip per group of the batch, for the in-clip loss; training fills it in
+    # from config.data.moments_per_clip.
     clip_moments: int = 0
     # Numerics and memory.
     dtype: str = "float32"  # compute dtype; params are always float32
@@ -98,7 +99,7 @@ class ModelConfig:
         need(self.num_register_tokens >= 0, "num_register_tokens must be >= 0")
         need(self.temperature > 0, "temperature must be > 0")
         need(self.in_clip_loss_weight >= 0, "in_clip_loss_weight must be >= 0")
-        need(self.clip_moments >= 0, "clip_moments must be >= 0 (0: data.moments_per_clip)")
+        need(self.clip_moments >= 0, "clip_moments must be >= 0")
         need(self.negative_groups >= 0, "negative_groups must be >= 0 (0: one per device)")
         need(self.attention_impl in ("xla", "fused"), "attention_impl must be 'xla' or 'fused'")
         need(self.remat_policy in REMAT_POLICIES,

@@ -49,12 +49,19 @@ def build_model(cfg: Config) -> CAVMAE | CAVMAEClassifier:
 
 
 def resolve_config(cfg: Config, metadata: Mapping[str, Any], num_devices: int) -> Config:
-    """Fills in what the data or the devices decide: label_dim 0 and negative_groups 0."""
+    """Fills in what the data or the devices decide: label_dim 0, negative_groups 0, and
+    clip_moments (from data.moments_per_clip) when the in-clip loss is on."""
     if cfg.task == "finetune" and cfg.finetune.label_dim == 0 and metadata.get("labels"):
         cfg = cfg.replace(finetune=dataclasses.replace(
             cfg.finetune, label_dim=len(metadata["labels"])))
     if cfg.model.negative_groups == 0:
         cfg = cfg.replace(model=cfg.model.replace(negative_groups=num_devices))
+    if cfg.model.in_clip_loss_weight > 0:  # the in-clip loss groups the batch by clip
+        if cfg.data.moments_per_clip < 2:
+            raise config_lib.ConfigError(
+                "config.model.in_clip_loss_weight > 0 needs several moments of a clip in a "
+                "batch: set config.data.moments_per_clip >= 2")
+        cfg = cfg.replace(model=cfg.model.replace(clip_moments=cfg.data.moments_per_clip))
     group = cfg.train.global_batch_size // max(cfg.model.negative_groups, 1)
     if cfg.data.moments_per_clip > 1 and group % cfg.data.moments_per_clip:
         raise config_lib.ConfigError(
