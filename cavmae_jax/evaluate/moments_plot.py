@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from cavmae_jax.evaluate import retrieval
+
 
 def plot_moments(details: Mapping[str, np.ndarray], report: Mapping[str, Any] | None,
                  path: str | os.PathLike, num_clips: int = 4) -> pathlib.Path | None:
@@ -71,8 +73,4 @@ def plot_moments(details: Mapping[str, np.ndarray], report: Mapping[str, Any] | 
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return retrieval.save_figure(fig, path)

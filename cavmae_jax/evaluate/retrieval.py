@@ -14,6 +14,7 @@ memory for the all-pairs strategies), never over clip pairs.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import typing
 from collections.abc import Mapping
@@ -276,6 +277,11 @@ def plot_retrieval(
     ax1.set_title("recall@k")
     ax1.grid(True, which="both", alpha=0.3)
     ax1.legend(loc="lower right", fontsize=8)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> pathlib.Path:
+    """Lays out a matplotlib Figure and writes it as a PNG (parent folders made); returns path."""
     fig.tight_layout()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

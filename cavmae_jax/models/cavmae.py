@@ -319,15 +319,18 @@ class CAVMAE(nn.Module):
             a, v = self._embed(audio, video)
             enc.update(self._contrastive_tokens(self._unimodal(a, "a"), self._unimodal(v, "v")))
         if c.contrast_loss_weight != 0:
-            if c.global_tokens:
-                nce_value, c_acc = nce(enc["global_a"], enc["global_v"])
-                if c.global_local_losses:
-                    local_nce, local_acc = losses.info_nce(
-                        jnp.mean(enc["tokens_a"], 1), jnp.mean(enc["tokens_v"], 1), temperature,
-                        c.contrastive_direction, c.negative_groups)
-                    nce_value, c_acc = (nce_value + local_nce) / 2, (c_acc + local_acc) / 2
-            else:
-                nce_value, c_acc = nce(jnp.mean(enc["tokens_a"], 1), jnp.mean(enc["tokens_v"], 1))
+            # What is contrasted: the global tokens (Sync), else the mean of the patch tokens
+            # (which the modality passes skip computing when nothing needs them).
+            def token_means():
+                return jnp.mean(enc["tokens_a"], 1), jnp.mean(enc["tokens_v"], 1)
+
+            rep_a, rep_v = ((enc["global_a"], enc["global_v"]) if c.global_tokens
+                            else token_means())
+            nce_value, c_acc = nce(rep_a, rep_v)
+            if c.global_tokens and c.global_local_losses:
+                local_nce, local_acc = losses.info_nce(*token_means(), temperature,
+                                                       c.contrastive_direction, c.negative_groups)
+                nce_value, c_acc = (nce_value + local_nce) / 2, (c_acc + local_acc) / 2
             self.sow("intermediates", "nce_unweighted", nce_value)
         else:
             nce_value, c_acc = zero, zero
@@ -338,8 +341,6 @@ class CAVMAE(nn.Module):
             if c.clip_moments < 2:
                 raise ValueError("in_clip_loss_weight > 0 needs clip_moments >= 2 (training "
                                  "sets it from config.data.moments_per_clip)")
-            rep_a, rep_v = ((enc["global_a"], enc["global_v"]) if c.global_tokens else
-                            (jnp.mean(enc["tokens_a"], 1), jnp.mean(enc["tokens_v"], 1)))
             in_clip, _ = losses.info_nce(rep_a, rep_v, temperature, c.contrastive_direction,
                                          rep_a.shape[0] // c.clip_moments)
             out.update(loss_c_in_clip=c.contrast_loss_weight * c.in_clip_loss_weight * in_clip)
