@@ -1,6 +1,7 @@
 """What the synthetic clips allow at moment localization: two matchers that read the ground truth.
 
-    python experiments/moment_oracle.py --clips demo_out/videos [--window_length 96]
+    python experiments/moment_oracle.py --clips demo_out/videos [--window_length 96] \
+        [--embeddings demo_out/run/eval/embeddings.npz]
 
 The synthetic generator writes every clip's events (onset, offset, ...) to `clips.jsonl`. This
 script scores, for every clip, frame k against audio window j with two hand-made matchers
@@ -17,6 +18,12 @@ instead of a model, and reports the same localization numbers as `evaluate --tas
 
 A trained model whose localization sits at the `presence` line has learned when things happen,
 not which thing is which.
+
+With `--embeddings` (the `embeddings.npz` that `evaluate --task=retrieval` writes for clips of
+the same folder) it also splits a model's localization, and the `identity` matcher's, by how
+many objects are on screen at the pair's frame (0, 1, 2 or more). Frames of an empty screen
+show the same background and hear the same hum: no matcher can tell them apart, so they bound
+what any model reaches on these clips.
 """
 
 from __future__ import annotations
@@ -79,6 +86,72 @@ def evaluate(clips: Sequence[dict], num_frames: int = 16, window_length: int = 9
     return out
 
 
+def _count_on_screen(events: Sequence[dict], times: np.ndarray) -> np.ndarray:
+    """[K] number of events visible at each time."""
+    return np.array([sum(e["onset"] <= t < e["offset"] for e in events) for t in times])
+
+
+def by_objects_on_screen(clips: Sequence[dict], emb: dict, window_length: int = 96
+                         ) -> dict[str, dict]:
+    """Localization of a model and of the `identity` matcher, split by objects on screen.
+
+    Args:
+      clips: `clips.jsonl` rows (`id`, `events`) covering every clip id of `emb`.
+      emb: `cavmae_jax.evaluate.moments.load_embeddings` output (`audio`, `video` [N, K, D],
+        `clip_ids` [N], `times` [N, K] seconds).
+
+    Returns:
+      {category: {"share": percent of pairs, matcher: {direction: {"within1", "mean_abs_dt"}}}}
+      for categories "0", "1", "2+" and "all", matchers "model" and "identity".
+    """
+    by_id = {c["id"]: c for c in clips}
+    missing = [str(i) for i in emb["clip_ids"] if str(i) not in by_id]
+    if missing:
+        raise ValueError(f"{len(missing)} clip id(s) of the embeddings are not in clips.jsonl "
+                         f"(first: {missing[0]}); pass the folder these clips were made from")
+    times = np.asarray(emb["times"], np.float64)  # [N, K]
+    k = times.shape[1]
+    windows = audio.window_table(k, window_length)
+    events = [by_id[str(i)]["events"] for i in emb["clip_ids"]]
+    count = np.stack([_count_on_screen(ev, t) for ev, t in zip(events, times)])  # [N, K]
+    sims = {"model": moments.pair_similarity(emb["audio"], emb["video"]),
+            "identity": np.stack([oracle_scores(ev, t, windows)["identity"]
+                                  for ev, t in zip(events, times)])}
+    offset = np.abs(np.arange(k)[None, :] - np.arange(k)[:, None])
+    per_query = {}  # matcher -> direction -> (within1 [N, K], abs_dt [N, K])
+    for name, s in sims.items():
+        per_query[name] = {}
+        for direction, m in (("frame_to_window", s), ("window_to_frame", np.swapaxes(s, 1, 2))):
+            _, d = moments.localization(m, times)
+            w = d["weights"]
+            per_query[name][direction] = (100.0 * np.sum(w * (offset <= 1), -1),
+                                          np.sum(w * d["abs_dt"], -1))
+    masks = {"0": count == 0, "1": count == 1, "2+": count >= 2, "all": np.ones_like(count, bool)}
+    out = {}
+    for cat, mask in masks.items():
+        row: dict = {"share": float(100.0 * mask.mean())}
+        for name, dirs in per_query.items():
+            row[name] = {direction: ({"within1": float(w1[mask].mean()),
+                                      "mean_abs_dt": float(dt[mask].mean())} if mask.any()
+                                     else {"within1": float("nan"), "mean_abs_dt": float("nan")})
+                         for direction, (w1, dt) in dirs.items()}
+        out[cat] = row
+    return out
+
+
+def format_by_objects(result: dict[str, dict]) -> str:
+    lines = ["localization by objects on screen at the pair's frame (+/-1 %, |dt| s; "
+             "f->w = frame->window, w->f = window->frame)",
+             f"{'objects':<8} {'pairs %':>7}  {'model f->w':>13}  {'model w->f':>13}  "
+             f"{'identity f->w':>13}"]
+    for cat, row in result.items():
+        cells = [row[m][d] for m, d in (("model", "frame_to_window"), ("model", "window_to_frame"),
+                                        ("identity", "frame_to_window"))]
+        lines.append(f"{cat:<8} {row['share']:7.1f}  " + "  ".join(
+            f"{c['within1']:6.1f} {c['mean_abs_dt']:6.2f}" for c in cells))
+    return "\n".join(lines)
+
+
 def format_table(result: dict[str, dict], num_clips: int, window_length: int) -> str:
     lines = [f"moment localization from the ground truth of {num_clips} clips "
              f"({window_length / 100:.2f} s windows)",
@@ -100,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="a folder written by `python -m data_prep.synthetic` (has clips.jsonl)")
     p.add_argument("--window_length", type=int, default=96, help="audio window, fbank frames")
     p.add_argument("--num_frames", type=int, default=16, help="pairs per clip")
+    p.add_argument("--embeddings",
+                   help="a model's embeddings.npz for clips of this folder: also split its "
+                        "localization by objects on screen")
     p.add_argument("--json", help="also write the numbers to this file")
     args = p.parse_args(argv)
     index = pathlib.Path(args.clips) / "clips.jsonl"
@@ -108,6 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     clips = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
     result = evaluate(clips, args.num_frames, args.window_length)
     print(format_table(result, len(clips), args.window_length))
+    if args.embeddings:
+        emb = moments.load_embeddings(args.embeddings)
+        if emb["times"].shape[1] != args.num_frames:
+            p.error(f"{args.embeddings} has {emb['times'].shape[1]} pairs per clip; "
+                    f"pass --num_frames {emb['times'].shape[1]}")
+        try:
+            result["by_objects_on_screen"] = by_objects_on_screen(clips, emb, args.window_length)
+        except ValueError as e:
+            p.error(str(e))
+        print(format_by_objects(result["by_objects_on_screen"]))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -1,14 +1,18 @@
-"""The ablation script end to end, shrunken: two variants, one seed, two steps, 12 short clips.
+"""The experiment scripts: the ablation end to end, shrunken, and the ground-truth matchers.
 
-It proves the script's plumbing (data once, train and evaluate through the CLIs, a finished run
-not redone, JSON + markdown + plot); the numbers of a real run are in the README.
+The ablation test runs two variants, one seed, two steps, 12 short clips: it proves the
+script's plumbing (data once, train and evaluate through the CLIs, a finished run not redone,
+JSON + markdown + plot); the numbers of a real run are in the README.
 """
 
 import importlib.util
 import json
 import pathlib
 
+import numpy as np
 import pytest
+
+from cavmae_jax.evaluate import moments
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -68,3 +72,32 @@ def test_moment_oracle_on_constructed_events(tmp_path, capsys):
     assert oracle.main(["--clips", str(tmp_path), "--json", str(tmp_path / "o.json")]) == 0
     assert "identity" in capsys.readouterr().out
     assert json.loads((tmp_path / "o.json").read_text())["identity"]["frame_to_window"]["r1"] > 0
+
+
+def test_moment_oracle_splits_a_model_by_objects_on_screen(tmp_path, capsys):
+    """A perfect model is perfect in every category; the empty-screen share comes from events."""
+    oracle = _experiment("moment_oracle")
+    clips = [{"id": f"clip_{i:05d}", "duration": 10.0,
+              "events": [{"onset": 0.0, "offset": 2.5}, {"onset": 1.0, "offset": 2.5}]}
+             for i in range(3)]
+    (tmp_path / "clips.jsonl").write_text("\n".join(json.dumps(c) for c in clips) + "\n")
+    times = np.tile(np.arange(16) * 10.0 / 16, (3, 1)).astype(np.float32)  # frame k at 0.625 k s
+    eye = np.tile(np.eye(16, dtype=np.float32), (3, 1, 1))  # pair k's embeddings = one-hot k
+    moments.save_embeddings(tmp_path / "emb.npz", eye, eye, clip_ids=[c["id"] for c in clips],
+                            clip_index=np.arange(3), times=times, frame_k=np.arange(16),
+                            labels=np.ones((3, 1), np.float32))
+    emb = moments.load_embeddings(tmp_path / "emb.npz")
+    result = oracle.by_objects_on_screen(clips, emb)
+    # Frames at 0, 0.625 s: one object; 1.25, 1.875 s: two; the other 12: none.
+    assert result["0"]["share"] == pytest.approx(75.0)
+    assert result["1"]["share"] == pytest.approx(12.5)
+    assert result["2+"]["share"] == pytest.approx(12.5)
+    for cat in ("0", "1", "2+", "all"):
+        for direction in ("frame_to_window", "window_to_frame"):
+            assert result[cat]["model"][direction] == {"within1": 100.0, "mean_abs_dt": 0.0}
+    # The identity matcher cannot tell the 12 empty frames apart: its misses are there.
+    assert result["0"]["identity"]["frame_to_window"]["mean_abs_dt"] > 1.0
+    assert oracle.main(["--clips", str(tmp_path), "--embeddings", str(tmp_path / "emb.npz")]) == 0
+    assert "objects on screen" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not in clips.jsonl"):
+        oracle.by_objects_on_screen(clips[:2], emb)
