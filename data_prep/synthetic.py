@@ -138,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"))
     p.add_argument("--sample_rate", type=int, default=16000)
     p.add_argument("--channels", type=int, choices=(1, 2), default=1)
+    p.add_argument("--gaps", choices=("on", "off"), default="on",
+                   help="on: random gaps and silent stretches between events show an empty "
+                        "screen; off: every moment has an object and its note")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--no_progress", action="store_true")
     a = p.parse_args(argv)
@@ -145,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.error("need --num_clips >= 1 and --duration > 0.5")
     config = synthetic.ClipConfig(duration=a.duration, fps=a.fps, height=a.size[0],
                                   width=a.size[1], sample_rate=a.sample_rate,
-                                  channels=a.channels, num_classes=a.num_classes)
+                                  channels=a.channels, num_classes=a.num_classes,
+                                  gaps=a.gaps == "on")
     try:
         write_dataset(a.output, a.num_clips, a.seed, config, a.workers, not a.no_progress)
     except ValueError as e:

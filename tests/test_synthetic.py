@@ -141,6 +141,27 @@ def test_within_a_class_only_timing_links_sound_and_picture():
     assert abs(other.mean()) < 0.1 and np.abs(other).max() < own.min(), (other.mean(), own)
 
 
+def test_without_gaps_every_moment_has_an_object_and_its_note():
+    """`gaps=False`: at every frame some event is fully faded in (its object on screen, its note
+    sounding) and the audio is never silent; with the default gaps some frames show none."""
+    def shown(clip, t):  # events past their attack and before their release at time t
+        return sum(e["onset"] + synthetic.ATTACK_S <= t <= e["offset"] - synthetic.RELEASE_S
+                   for e in clip.events)
+
+    cfg = synthetic.ClipConfig(duration=10.0, fps=16, height=64, width=64, gaps=False)
+    gappy = synthetic.ClipConfig(duration=10.0, fps=16, height=64, width=64)
+    times = np.arange(160) / 16.0
+    empty_with_gaps = 0
+    for label in range(8):
+        clip = synthetic.generate_clip([3, label], label, cfg)
+        on = np.array([shown(clip, t) for t in times])
+        assert on.min() >= 1, (clip.class_name, np.nonzero(on == 0)[0])
+        assert rms_at(clip.audio, times, half=160).min() > 1e-3, clip.class_name
+        other = synthetic.generate_clip([3, label], label, gappy)
+        empty_with_gaps += sum(shown(other, t) == 0 for t in times)
+    assert empty_with_gaps > 100, empty_with_gaps
+
+
 def band_energy(audio: np.ndarray, start: float, f0: float, n: int = 512) -> float:
     """Energy of ``audio[start : start + n samples]`` in a narrow band around ``f0``."""
     s = int(round(start * SR))

@@ -38,7 +38,11 @@ Design goals:
       pairing of CAV-MAE Sync: events sit at random times, each with its own position (pitch),
       size (loudness) and lightness (brightness), so the 4.16 s audio window centred on frame k
       (the note at its centre) matches frame k (the object visible at that instant) better than
-      the other frames of the same clip. Silent gaps show an empty screen.
+      the other frames of the same clip. Silent gaps show an empty screen (about 30 % of the
+      frames by default), and a frame with nothing on it cannot say which moment it is.
+      ``gaps=False`` (``data_prep.synthetic --gaps off``) removes them: each event fades in
+      before the previous one fades out, the first is fully visible on frame 0 (its onset is
+      ``-ATTACK_S``) and the last is cut by the clip's end (its offset may pass ``duration``).
 
 The default is 10 s, 16 fps (frame ``k * 10`` is exactly the official time ``k * 10 / 16`` s),
 128x128 pixels (square, so the later resize + centre crop to 224 loses nothing), mono 16 kHz.
@@ -94,6 +98,9 @@ class ClipConfig:
     channels: int = 1  # 1 = mono, 2 = stereo (pan follows the horizontal position)
     num_classes: int = 8
     event_rate: float = 1.0  # mean events per second
+    # True: random gaps and silent stretches between events show an empty screen. False: each
+    # event starts before the previous one ends, so every moment has an object and its note.
+    gaps: bool = True
 
 
 @dataclasses.dataclass
@@ -174,15 +181,19 @@ def _sample_events(rng: np.random.Generator, cls: SyntheticClass,
     events = []
     mean_gap = 1.0 / config.event_rate
     t = rng.uniform(0.0, min(0.8 * mean_gap, 0.5 * config.duration))
+    if not config.gaps:
+        t = -ATTACK_S  # fully faded in on the first frame
     decay = cls.timbre in ("pluck", "bell")
-    while t < config.duration - 0.3 or not events:
+    while (t < config.duration - 0.3 or not events
+           or (not config.gaps and events[-1]["offset"] < config.duration + RELEASE_S)):
         dur = float(rng.uniform(0.5, 1.6))
         size = float(rng.uniform(0.12, 0.22))  # radius as a fraction of min(H, W)
         static = rng.random() < 0.25
         vx, vy = (0.0, 0.0) if static else rng.normal(0.0, 0.35, size=2)
         ev = {
             "onset": float(t),
-            "offset": float(min(t + dur, config.duration)),
+            # Without gaps the last note is cut by the clip's end, not faded out before it.
+            "offset": float(t + dur if not config.gaps else min(t + dur, config.duration)),
             "x0": float(rng.uniform(size, 1.0 - size)),
             "y0": float(rng.uniform(size, 1.0 - size)),
             "vx": float(vx),
@@ -201,7 +212,9 @@ def _sample_events(rng: np.random.Generator, cls: SyntheticClass,
         ev["bounces"] = [float(tt[i]) for i in changed]
         ev["pitch_hz"] = float(pitch_for_height(np.array(ev["y0"]), cls.base_hz))
         events.append(ev)
-        if rng.random() < 0.15:
+        if not config.gaps:  # the next one fades in before this one starts to fade out
+            t += min(rng.uniform(0.3, 1.5) * mean_gap, dur - RELEASE_S - 0.05)
+        elif rng.random() < 0.15:
             t += rng.uniform(1.5, 3.0) * mean_gap  # a silent stretch
         else:
             t += rng.uniform(0.3, 1.5) * mean_gap
@@ -383,7 +396,8 @@ def _render_audio(rng: np.random.Generator, cls: SyntheticClass, events: list[di
     mix += (noise + hum)[None]
 
     for ev in events:
-        s0, s1 = int(np.floor(ev["onset"] * sr)), min(int(np.ceil(ev["offset"] * sr)), n)
+        s0 = max(int(np.floor(ev["onset"] * sr)), 0)
+        s1 = min(int(np.ceil(ev["offset"] * sr)), n)
         te = t[s0:s1]
         st = _event_state(ev, te)
         f0 = pitch_for_height(st["y"], cls.base_hz)
