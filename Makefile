@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 DEMO ?= demo_out
 SEED ?= 0
 CLIPS ?= 192
+GAPS ?= on
 RECIPE ?= configs/demo.py
 # XLA:CPU maps a fresh temp buffer every step; malloc with transparent huge pages makes CPU train
 # steps ~10% faster (cavmae_jax/hostmem.py). A GLIBC_TUNABLES of your own takes precedence.
@@ -25,7 +26,7 @@ venv: $(VENV)/.installed
 # clips, printed beside chance. See README.md "What the demo shows". `make demo SEED=1
 # DEMO=demo_s1` draws other clips and trains with another seed, in a folder of its own.
 demo: venv
-	$(PY) -m data_prep.synthetic --output $(DEMO)/videos --num_clips $(CLIPS) --seed $(SEED) --workers 2
+	$(PY) -m data_prep.synthetic --output $(DEMO)/videos --num_clips $(CLIPS) --seed $(SEED) --gaps $(GAPS) --workers 2
 	$(PY) -m data_prep.convert --input $(DEMO)/videos --labels $(DEMO)/videos/labels.csv --holdout 0.1667 --holdout_split test --output $(DEMO)/data --workers 2 --image_size 112
 	$(PY) -m cavmae_jax.main --config=$(RECIPE) --workdir=$(DEMO)/run --config.data.dir=$(DEMO)/data --config.train.seed=$(SEED)
 	$(PY) -m cavmae_jax.evaluate --checkpoint=$(DEMO)/run --task=retrieval

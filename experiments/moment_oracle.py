@@ -102,7 +102,8 @@ def by_objects_on_screen(clips: Sequence[dict], emb: dict, window_length: int = 
 
     Returns:
       {category: {"share": percent of pairs, matcher: {direction: {"within1", "mean_abs_dt"}}}}
-      for categories "0", "1", "2+" and "all", matchers "model" and "identity".
+      for categories "0", "1", "2+" and "all" (a category no pair falls in is left out),
+      matchers "model" and "identity".
     """
     by_id = {c["id"]: c for c in clips}
     missing = [str(i) for i in emb["clip_ids"] if str(i) not in by_id]
@@ -129,11 +130,12 @@ def by_objects_on_screen(clips: Sequence[dict], emb: dict, window_length: int = 
     masks = {"0": count == 0, "1": count == 1, "2+": count >= 2, "all": np.ones_like(count, bool)}
     out = {}
     for cat, mask in masks.items():
+        if not mask.any():  # e.g. no empty screens in clips made with `--gaps off`
+            continue
         row: dict = {"share": float(100.0 * mask.mean())}
         for name, dirs in per_query.items():
-            row[name] = {direction: ({"within1": float(w1[mask].mean()),
-                                      "mean_abs_dt": float(dt[mask].mean())} if mask.any()
-                                     else {"within1": float("nan"), "mean_abs_dt": float("nan")})
+            row[name] = {direction: {"within1": float(w1[mask].mean()),
+                                     "mean_abs_dt": float(dt[mask].mean())}
                          for direction, (w1, dt) in dirs.items()}
         out[cat] = row
     return out

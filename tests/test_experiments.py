@@ -97,6 +97,9 @@ def test_moment_oracle_splits_a_model_by_objects_on_screen(tmp_path, capsys):
             assert result[cat]["model"][direction] == {"within1": 100.0, "mean_abs_dt": 0.0}
     # The identity matcher cannot tell the 12 empty frames apart: its misses are there.
     assert result["0"]["identity"]["frame_to_window"]["mean_abs_dt"] > 1.0
+    # Clips without empty screens have no "0" row (not a row of NaNs).
+    full = [dict(c, events=[{"onset": 0.0, "offset": 10.0}]) for c in clips]
+    assert set(oracle.by_objects_on_screen(full, emb)) == {"1", "all"}
     assert oracle.main(["--clips", str(tmp_path), "--embeddings", str(tmp_path / "emb.npz")]) == 0
     assert "objects on screen" in capsys.readouterr().out
     with pytest.raises(ValueError, match="not in clips.jsonl"):
