@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from cavmae_jax import audio as audio_lib
 from cavmae_jax import config as config_lib
-from cavmae_jax import parallel, video
+from cavmae_jax import inference, parallel, video
 from cavmae_jax.config import Config
 from cavmae_jax.data import pipeline
 from cavmae_jax.evaluate import classification, moments, moments_plot, retrieval
@@ -43,15 +43,12 @@ TASKS = ("retrieval", "classification")
 
 
 def _embed_fn(model: CAVMAE | CAVMAEClassifier, task: str, mode: str):
-    if task == "retrieval":
-        def embed(params, audio, frames):  # [n, L, 128], [n, S, S, 3] pixels -> 2 x [n, D]
-            f = model.apply({"params": params}, audio, video.normalize_image(frames),
-                            method=CAVMAE.features)
-            return f["global_a"], f["global_v"]
-    else:
-        def embed(params, audio, frames):  # -> [n, C] logits
-            return model.apply({"params": params}, audio, video.normalize_image(frames), mode,
-                               method=CAVMAEClassifier.classify)
+    if task == "retrieval":  # [n, L, 128], [n, S, S, 3] pixels -> 2 x [n, D]
+        return inference.pair_embed_fn(model)
+
+    def embed(params, audio, frames):  # -> [n, C] logits
+        return model.apply({"params": params}, audio, video.normalize_image(frames), mode,
+                           method=CAVMAEClassifier.classify)
     return jax.jit(embed)
 
 
