@@ -36,7 +36,7 @@ def get_config(arg: str = "") -> "common.ml_collections.ConfigDict":
         contrastive_direction="both", contrastive_unmasked=True, img_size=112)
     c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, b1=0.9, b2=0.95, warmup_steps=50,
                    end_lr=1e-5, grad_clip_norm=1.0)
-    # 160 training clips, 32 / 4 = 8 clips a batch: 20 steps per epoch, 2000 steps, ~6 minutes
+    # 160 training clips, 32 / 4 = 8 clips a batch: 20 steps per epoch, 2000 steps, ~4 minutes
     # on 2 cores.
     c.data.moments_per_clip = 4
     c.train.update(global_batch_size=32, num_epochs=100, log_every=25, checkpoint_every=500)

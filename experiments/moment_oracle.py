@@ -114,10 +114,11 @@ def by_objects_on_screen(clips: Sequence[dict], emb: dict, window_length: int = 
     k = times.shape[1]
     windows = audio.window_table(k, window_length)
     events = [by_id[str(i)]["events"] for i in emb["clip_ids"]]
-    count = np.stack([_count_on_screen(ev, t) for ev, t in zip(events, times)])  # [N, K]
+    # [N, K] objects on screen at each pair's frame
+    count = np.stack([_count_on_screen(ev, t) for ev, t in zip(events, times, strict=True)])
     sims = {"model": moments.pair_similarity(emb["audio"], emb["video"]),
             "identity": np.stack([oracle_scores(ev, t, windows)["identity"]
-                                  for ev, t in zip(events, times)])}
+                                  for ev, t in zip(events, times, strict=True)])}
     offset = np.abs(np.arange(k)[None, :] - np.arange(k)[:, None])
     per_query = {}  # matcher -> direction -> (within1 [N, K], abs_dt [N, K])
     for name, s in sims.items():
