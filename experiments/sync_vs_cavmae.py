@@ -29,6 +29,7 @@ as a user would.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -93,8 +94,20 @@ def _run(cmd: Sequence[str], log: pathlib.Path) -> float:
     return time.perf_counter() - t0
 
 
-def make_data(out: pathlib.Path, num_clips: int, duration: float, seed: int) -> pathlib.Path:
-    """Synthetic clips -> ArrayRecord with a 1/6 held-out test split (once)."""
+def recipe_image_size(recipe: str) -> int:
+    """The frame size the recipe trains at (`model.img_size`): the records are stored at it, so
+    that no run resizes frames on the fly. `recipe` is `path.py` or `path.py:arg`."""
+    path, _, arg = recipe.partition(":")
+    spec = importlib.util.spec_from_file_location("_recipe", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.get_config(arg).model.img_size)
+
+
+def make_data(out: pathlib.Path, num_clips: int, duration: float, seed: int,
+              image_size: int) -> pathlib.Path:
+    """Synthetic clips -> ArrayRecord (frames `image_size` square) with a 1/6 held-out test
+    split (once)."""
     data = out / "data" / "records"
     if (data / "metadata.json").exists():
         return data
@@ -105,7 +118,8 @@ def make_data(out: pathlib.Path, num_clips: int, duration: float, seed: int) -> 
          out / "data" / "synthetic.log")
     _run(["-m", "data_prep.convert", "--input", str(clips), "--labels",
           str(clips / "labels.csv"), "--holdout", "0.1667", "--holdout_split", "test",
-          "--output", str(data), "--workers", "2", "--no_progress"], out / "data" / "convert.log")
+          "--output", str(data), "--workers", "2", "--image_size", str(image_size),
+          "--no_progress"], out / "data" / "convert.log")
     return data
 
 
@@ -230,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = [int(s) for s in a.seeds.split(",")]
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = make_data(out, a.num_clips, a.duration, a.data_seed)
+    data = make_data(out, a.num_clips, a.duration, a.data_seed, recipe_image_size(a.recipe))
     results: dict[str, list[dict[str, Any]]] = {}
     for variant in variants:
         for seed in seeds:
