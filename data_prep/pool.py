@@ -257,7 +257,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-
 def converted_items(items: Sequence[Item], cfg: ConvertConfig, workers: int,
                     tmp_dir: str | os.PathLike | None = None) -> Iterator[list[tuple] | Spilled]:
     """Each item's results (`encoded_records`), in item order, computed in `workers` spawned
