@@ -39,7 +39,7 @@ demo-long:
 		DEMO=$(if $(filter command line,$(origin DEMO)),$(DEMO),demo_long_out)
 
 test: venv
-	$(VENV)/bin/pytest -q -n 2 --dist loadfile tests
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --durations=15 tests
 
 bench: venv
 	$(PY) benchmarks/model_step.py --arch sync --size tiny --batch 4

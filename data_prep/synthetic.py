@@ -15,6 +15,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import json
+import multiprocessing
 import os
 import pathlib
 import sys
@@ -100,7 +101,9 @@ def write_dataset(output: str | os.PathLike, num_clips: int, seed: int,
             rows.append(_make_one(task))
             bar.update()
     else:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: a caller that has imported jax (multithreaded) could deadlock a fork
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             rows = []
             for row in pool.map(_make_one, tasks, chunksize=4):
                 rows.append(row)
