@@ -31,7 +31,7 @@ demo: venv
 	$(PY) -m cavmae_jax.main --config=$(RECIPE) --workdir=$(DEMO)/run --config.data.dir=$(DEMO)/data --config.train.seed=$(SEED)
 	$(PY) -m cavmae_jax.evaluate --checkpoint=$(DEMO)/run --task=retrieval
 
-# The same demo with 4x the clips and 2.5x the steps (configs/demo.py:long, ~20 min on 2 cores):
+# The same demo with 4x the clips and 2.5x the steps (configs/demo.py:long, ~12 min on 2 cores):
 # what it takes for single moments to be found well above chance. Folder demo_long_out unless
 # DEMO is given.
 demo-long:

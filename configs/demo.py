@@ -48,7 +48,7 @@ def get_config(arg: str = "") -> "common.ml_collections.ConfigDict":
         c.train.update(global_batch_size=8, num_epochs=0, num_steps=6, log_every=2,
                        checkpoint_every=3, async_checkpoints=False)
         c.data.moments_per_clip = 1  # the tests split batches of 8 over 8 devices
-    elif arg == "long":  # `make demo-long`: 768 clips (640 train), 5000 steps, ~20 min
+    elif arg == "long":  # `make demo-long`: 768 clips (640 train), 5000 steps, ~12 min
         c.train.update(num_epochs=0, num_steps=5000, checkpoint_every=1000)
     elif arg:
         raise ValueError(f"unknown config argument {arg!r}; use '', 'long' or 'test'")
