@@ -116,15 +116,33 @@ class TrainExample(grain.transforms.Map):
         self.reader = reader
         self.seed = seed
 
-    def _one(self, clip: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    def _frame(self, rec: Mapping[str, Any], k: int, rng: np.random.Generator) -> np.ndarray:
+        """Frame k, randomly cropped and flipped when the config says so: uint8 [S, S, 3]."""
         r = self.reader
         aug = r.config.augment
-        rec = r.read(clip)
-        k = int(rng.integers(0, rec["num_frames"]))  # official: one uniform k per clip per visit
         frame = r.frame(rec, k)
         if aug.crop_and_flip:
             frame = augment.random_resized_crop_and_flip(
                 frame, rng, r.config.image_size, aug.crop_scale, aug.crop_ratio, aug.flip_prob)
+        return frame
+
+    def _audio(self, fb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Raw window [L, 128] -> SpecAugment (before normalization), normalization, noise and
+        roll (after it), each when the config says so."""
+        r = self.reader
+        aug = r.config.augment
+        if aug.freqm > 0 or aug.timem > 0:
+            fb = augment.spec_augment(fb, rng, aug.freqm, aug.timem)
+        x = r.normalize_audio(fb)
+        if aug.noise:
+            x = augment.add_noise_and_roll(x, rng)
+        return x
+
+    def _one(self, clip: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        r = self.reader
+        rec = r.read(clip)
+        k = int(rng.integers(0, rec["num_frames"]))  # official: one uniform k per clip per visit
+        frame = self._frame(rec, k, rng)
         return r.window(rec, k), frame, r.labels(rec), k
 
     def _moments(self, clip: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -144,19 +162,8 @@ class TrainExample(grain.transforms.Map):
         y = augment.smooth_labels(r.labels(rec), aug.label_smooth)
         out: dict[str, list] = {"audio": [], "video": []}
         for k in ks:
-            frame = r.frame(rec, int(k))
-            if aug.crop_and_flip:
-                frame = augment.random_resized_crop_and_flip(
-                    frame, rng, r.config.image_size, aug.crop_scale, aug.crop_ratio,
-                    aug.flip_prob)
-            fb = r.window(rec, int(k))
-            if aug.freqm > 0 or aug.timem > 0:
-                fb = augment.spec_augment(fb, rng, aug.freqm, aug.timem)
-            x = r.normalize_audio(fb)
-            if aug.noise:
-                x = augment.add_noise_and_roll(x, rng)
-            out["audio"].append(x)
-            out["video"].append(frame)
+            out["video"].append(self._frame(rec, int(k), rng))
+            out["audio"].append(self._audio(r.window(rec, int(k)), rng))
         return {"audio": np.stack(out["audio"]), "video": np.stack(out["video"]),
                 "labels": np.repeat(y[None], m, axis=0), "frame_k": ks.astype(np.int32),
                 "clip_index": np.full(m, clip, np.int64)}
@@ -177,11 +184,7 @@ class TrainExample(grain.transforms.Map):
                                           aug.label_smooth)
         else:
             y = augment.smooth_labels(y, aug.label_smooth)
-        if aug.freqm > 0 or aug.timem > 0:
-            fb = augment.spec_augment(fb, rng, aug.freqm, aug.timem)  # before normalization
-        x = r.normalize_audio(fb)
-        if aug.noise:
-            x = augment.add_noise_and_roll(x, rng)  # after normalization
+        x = self._audio(fb, rng)
         # Pixels, normalized on the device by the step: uint8, or float32 when mixup is on
         # (a mixed image is not an integer one, and every batch needs one dtype).
         img = img.astype(np.float32, copy=False) if aug.mixup > 0 else img
