@@ -162,6 +162,18 @@ def test_without_gaps_every_moment_has_an_object_and_its_note():
     assert empty_with_gaps > 100, empty_with_gaps
 
 
+
+def test_a_bounce_before_the_first_sample_is_cut_not_an_error():
+    """Clip 221 of seed 0 without gaps (`data_prep.synthetic --gaps off`) bounces 4 ms before
+    0 s (its first note starts at -ATTACK_S): its click is cut at the first sample. It used to
+    stop the whole dataset with a broadcast error."""
+    cfg = synthetic.ClipConfig(duration=10.0, fps=16, height=32, width=32, gaps=False)
+    clip = synthetic.generate_clip([0, 0, 221], 7, cfg)
+    early = [b for e in clip.events for b in e["bounces"] if b < 0]
+    assert early, "the clip no longer has a bounce before 0 s; pick another"
+    assert np.isfinite(clip.audio).all()
+    assert np.abs(clip.audio[:160]).max() > 1e-3  # the note (and what is left of the click)
+
 def band_energy(audio: np.ndarray, start: float, f0: float, n: int = 512) -> float:
     """Energy of ``audio[start : start + n samples]`` in a narrow band around ``f0``."""
     s = int(round(start * SR))

@@ -408,10 +408,12 @@ def _render_audio(rng: np.random.Generator, cls: SyntheticClass, events: list[di
         x = loud * st["env"] * note
         for tb in ev["bounces"]:  # short decaying noise burst at each wall bounce
             b0 = int(round(tb * sr)) - s0
-            m = min(int(CLICK_S * sr * 4), x.size - b0)
-            if m > 0:
-                decay = np.exp(-np.arange(m) / (CLICK_S * sr))
-                x[b0:b0 + m] += 0.5 * loud * decay * rng.standard_normal(m)
+            # The part inside the note: a gaps=False clip's first note starts before 0 s, so a
+            # bounce in its first milliseconds falls before the first sample.
+            lo, hi = max(b0, 0), min(b0 + int(CLICK_S * sr * 4), x.size)
+            if hi > lo:
+                decay = np.exp(-np.arange(lo - b0, hi - b0) / (CLICK_S * sr))
+                x[lo:hi] += 0.5 * loud * decay * rng.standard_normal(hi - lo)
         if config.channels == 1:
             mix[0, s0:s1] += x
         else:
