@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo_out
 SEED ?= 0
-CLIPS ?= 192
+CLIPS ?= 768
 GAPS ?= on
 RECIPE ?= configs/demo.py
 # XLA:CPU maps a fresh temp buffer every step; malloc with transparent huge pages makes CPU train
@@ -26,16 +26,15 @@ venv: $(VENV)/.installed
 # clips, printed beside chance. See README.md "What the demo shows". `make demo SEED=1
 # DEMO=demo_s1` draws other clips and trains with another seed, in a folder of its own.
 demo: venv
-	$(PY) -m data_prep.synthetic --output $(DEMO)/videos --num_clips $(CLIPS) --seed $(SEED) --gaps $(GAPS) --workers 2
-	$(PY) -m data_prep.convert --input $(DEMO)/videos --labels $(DEMO)/videos/labels.csv --holdout 0.1667 --holdout_split test --output $(DEMO)/data --workers 2 --image_size 112
+	$(PY) -m data_prep.synthetic --output $(DEMO)/videos --num_clips $(CLIPS) --seed $(SEED) --gaps $(GAPS) --size 64 64 --workers 2
+	$(PY) -m data_prep.convert --input $(DEMO)/videos --labels $(DEMO)/videos/labels.csv --holdout 0.1667 --holdout_split test --output $(DEMO)/data --workers 2 --image_size 64
 	$(PY) -m cavmae_jax.main --config=$(RECIPE) --workdir=$(DEMO)/run --config.data.dir=$(DEMO)/data --config.train.seed=$(SEED)
 	$(PY) -m cavmae_jax.evaluate --checkpoint=$(DEMO)/run --task=retrieval
 
-# The same demo with 4x the clips and 2.5x the steps (configs/demo.py:long, ~12 min on 2 cores):
-# what it takes for single moments to be found well above chance. Folder demo_long_out unless
-# DEMO is given.
+# The same demo with 2x the clips and 2x the steps (configs/demo.py:long, ~13 min on 2 cores):
+# how far more clips and steps carry single moments. Folder demo_long_out unless DEMO is given.
 demo-long:
-	$(MAKE) demo CLIPS=768 RECIPE=configs/demo.py:long \
+	$(MAKE) demo CLIPS=1536 RECIPE=configs/demo.py:long \
 		DEMO=$(if $(filter command line,$(origin DEMO)),$(DEMO),demo_long_out)
 
 test: venv
