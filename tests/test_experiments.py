@@ -12,6 +12,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from cavmae_jax import audio as audio_lib
 from cavmae_jax.evaluate import moments
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -104,3 +105,71 @@ def test_moment_oracle_splits_a_model_by_objects_on_screen(tmp_path, capsys):
     assert "objects on screen" in capsys.readouterr().out
     with pytest.raises(ValueError, match="not in clips.jsonl"):
         oracle.by_objects_on_screen(clips[:2], emb)
+
+
+def _probe_clips(n: int, rng: np.random.Generator) -> list[dict]:
+    """n clips of 4 static events, 1.5 s each with 1 s gaps, random height/size/lightness/x."""
+    clips = []
+    for i in range(n):
+        events = []
+        for onset in (0.1, 2.6, 5.1, 7.6):
+            size = float(rng.uniform(0.12, 0.22))
+            events.append({"onset": onset, "offset": onset + 1.5, "bounces": [], "vx": 0.0,
+                           "vy": 0.0, "size": size, "lightness": float(rng.uniform()),
+                           "x0": float(rng.uniform(size, 1 - size)),
+                           "y0": float(rng.uniform(size, 1 - size))})
+        clips.append({"id": f"clip_{i:05d}", "label": i % 2, "duration": 10.0, "events": events})
+    return clips
+
+
+def test_moment_probe_reads_what_constructed_embeddings_carry(tmp_path, capsys):
+    """Frame embeddings that encode (height, size, lightness, x) probe to R^2 ~ 1; window
+    embeddings without x probe to ~1 on the rest and ~0 on x; random embeddings to ~0.
+
+    Each attribute a in [0, 1] is a unit pair (cos, sin)(a * pi / 2), so every embedding has
+    the same norm and the probe's L2 normalization keeps the code (nearly) linear."""
+    probe = _experiment("moment_probe")
+    rng = np.random.default_rng(0)
+    clips = _probe_clips(40, rng)
+    (tmp_path / "clips.jsonl").write_text("\n".join(json.dumps(c) for c in clips) + "\n")
+    k = 16
+
+    def code(values):  # [4] in [0, 1] -> [8] of norm 2
+        angle = np.asarray(values) * np.pi / 2
+        return np.stack([np.cos(angle), np.sin(angle)], -1).reshape(-1)
+
+    times = np.tile(np.arange(k) * 10.0 / k, (len(clips), 1)).astype(np.float32)
+    video = np.stack([[code(v) for v in c] for c in rng.uniform(size=(len(clips), k, 4))])
+    audio = np.stack([[code(v) for v in c] for c in rng.uniform(size=(len(clips), k, 4))])
+    windows = audio_lib.window_table(k, 64) * 0.01  # [K, 2] seconds
+    for c, clip in enumerate(clips):
+        for j, t in enumerate(times[c]):
+            for e in clip["events"]:  # static events: the attributes are constant
+                attrs = [e["y0"], (e["size"] - 0.12) / 0.1, e["lightness"], e["x0"]]
+                if e["onset"] <= t < e["offset"]:  # on screen at the frame
+                    video[c, j] = code(attrs)
+                lo, hi = windows[j]
+                if min(hi, e["offset"]) - max(lo, e["onset"]) > 0.5 * (hi - lo):  # heard
+                    audio[c, j] = code(attrs[:3] + [0.0])  # a mono sound: no x
+    video, audio = video.astype(np.float32), audio.astype(np.float32)
+    ids = [c["id"] for c in clips]
+    for name, rows in (("train", slice(0, 30)), ("test", slice(30, 40))):
+        moments.save_embeddings(tmp_path / f"{name}.npz", audio[rows], video[rows],
+                                clip_ids=ids[rows], clip_index=np.arange(len(ids))[rows],
+                                times=times[rows], frame_k=np.arange(k),
+                                labels=np.eye(2, dtype=np.float32)[[c["label"] for c in
+                                                                    clips[rows]]])
+    train = probe.probe_rows(clips, moments.load_embeddings(tmp_path / "train.npz"), 64)
+    test = probe.probe_rows(clips, moments.load_embeddings(tmp_path / "test.npz"), 64)
+    assert len(train["frame"][0]) > 200 and len(train["window"][0]) > 100
+    frame = probe.probe_r2(train["frame"], test["frame"], 2)
+    window = probe.probe_r2(train["window"], test["window"], 2)
+    assert np.all(frame > 0.9), frame
+    assert np.all(window[:3] > 0.9) and window[3] < 0.3, window
+    noise = [(rng.normal(size=x.shape), *rest) for x, *rest in (train["frame"], test["frame"])]
+    assert np.all(probe.probe_r2(*noise, 2) < 0.3)
+    out = tmp_path / "probe.json"
+    assert probe.main(["--clips", str(tmp_path), "--train", str(tmp_path / "train.npz"),
+                       "--test", str(tmp_path / "test.npz"), "--json", str(out)]) == 0
+    assert "frame embedding" in capsys.readouterr().out
+    assert json.loads(out.read_text())["frame"]["r2"]["height"] > 0.9
