@@ -89,19 +89,23 @@ def test_decode_float16_option():
 
 
 def test_partial_decode_is_faster():
+    """Decoding one frame costs a fraction of decoding all of them. CPU time of this process,
+    best of 5 rounds: wall-clock time failed under load from other processes."""
     import time
 
     b = records.encode(_example())
     records.decode(b)
-    t0 = time.perf_counter()
-    for _ in range(5):
-        records.decode(b)
-    t_all = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(5):
-        records.decode(b, frame_indices=[3])
-    t_one = time.perf_counter() - t0
-    assert t_one < t_all / 3
+
+    def cpu_seconds(**kwargs) -> float:
+        rounds = []
+        for _ in range(5):
+            t0 = time.process_time()
+            for _ in range(5):
+                records.decode(b, **kwargs)
+            rounds.append(time.process_time() - t0)
+        return min(rounds)
+
+    assert cpu_seconds(frame_indices=[3]) < cpu_seconds() / 3
 
 
 def test_prencoded_jpegs_are_stored_untouched():
