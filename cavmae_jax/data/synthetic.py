@@ -487,7 +487,10 @@ def write_clip_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int | fract
         aus.layout = layout
         aus.bit_rate = audio_bitrate
         for i in range(t):
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            # Converted here, not by the encoder: PyAV's conversion inside encode() gave the
+            # first file written in a process other pixels (by one level) in its first frames.
+            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24").reformat(
+                format="yuv420p")
             frame.pts = i
             for packet in vs.encode(frame):
                 out.mux(packet)
