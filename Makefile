@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO ?= demo_out
 SEED ?= 0
 CLIPS ?= 768
-GAPS ?= off
+GAPS ?= on
 RECIPE ?= configs/demo.py
 # XLA:CPU maps a fresh temp buffer every step; malloc with transparent huge pages makes CPU train
 # steps ~10% faster (cavmae_jax/hostmem.py). A GLIBC_TUNABLES of your own takes precedence.

@@ -1,9 +1,8 @@
 """The demo: a tiny CAV-MAE Sync trained on the built-in synthetic clips, on CPU, in minutes.
 
-`make demo` draws 768 clips at 64 x 64 without empty screens (data_prep.synthetic --size 64
-64 --gaps off: every frame shows an object and its note, so every moment can be placed),
-converts them (data_prep.convert --image_size 64: 640 training clips, 128 held out), trains
-this config and evaluates retrieval and moments on the held-out clips. Same code paths as the
+`make demo` draws 768 clips at 64 x 64 (data_prep.synthetic --size 64 64), converts them
+(data_prep.convert --image_size 64: 640 training clips, 128 held out), trains this config and
+evaluates retrieval and moments on the held-out clips. Same code paths as the
 full recipes; only the sizes are small: ViT dim 96, 2+1 layers, 16 frames, 2 registers,
 64 x 64 frames. Choices that differ from the official recipe, each measured on these clips
 (docs/moments.md):
