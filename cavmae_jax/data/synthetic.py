@@ -462,8 +462,10 @@ def write_clip_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int | fract
       preset: x264 speed preset.
       audio_bitrate: AAC bit rate in bits/s.
 
-    x264 runs single-threaded (one clip per process is the unit of parallelism), which also
-    makes the output bytes reproducible. Keyframes come every second so seeking is cheap.
+    x264 runs single-threaded (one clip per process is the unit of parallelism). Keyframes
+    come every second so seeking is cheap. The bytes are not always reproducible: the first
+    frames of some files come out one level apart from one process to another (PyAV and
+    x264; not yet pinned down).
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -487,10 +489,7 @@ def write_clip_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int | fract
         aus.layout = layout
         aus.bit_rate = audio_bitrate
         for i in range(t):
-            # Converted here, not by the encoder: PyAV's conversion inside encode() gave the
-            # first file written in a process other pixels (by one level) in its first frames.
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24").reformat(
-                format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
             frame.pts = i
             for packet in vs.encode(frame):
                 out.mux(packet)
