@@ -8,7 +8,7 @@ file stem and the class name; several labels would be ``;``-separated), ``DIR/cl
 (the class table and generator settings), ``DIR/clips.jsonl`` (per clip: label, seed and the
 ground-truth event times) and ``DIR/README.txt``. ``data_prep.convert`` turns the folder into
 ArrayRecord. Clip ``i`` depends only on (seed, i, settings): it does not change with the number
-of clips or workers, and the mp4 bytes are identical between runs (x264 runs single-threaded).
+of clips or workers, and the mp4 bytes are identical between runs (see ``write_clip_mp4``).
 """
 
 import concurrent.futures
