@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo_out
 SEED ?= 0
-CLIPS ?= 768
-GAPS ?= on
+CLIPS ?= 1024
+# off: every frame shows an object and its note (no empty screens, which carry no timing)
+GAPS ?= off
 RECIPE ?= configs/demo.py
 # XLA:CPU maps a fresh temp buffer every step; malloc with transparent huge pages makes CPU train
 # steps ~10% faster (cavmae_jax/hostmem.py). A GLIBC_TUNABLES of your own takes precedence.
@@ -31,10 +32,10 @@ demo: venv
 	$(PY) -m cavmae_jax.main --config=$(RECIPE) --workdir=$(DEMO)/run --config.data.dir=$(DEMO)/data --config.train.seed=$(SEED)
 	$(PY) -m cavmae_jax.evaluate --checkpoint=$(DEMO)/run --task=retrieval
 
-# The same demo with 2x the clips and 2x the steps (configs/demo.py:long, ~13 min on 2 cores):
+# The same demo with 2x the clips and 2x the steps (configs/demo.py:long, ~17 min on 2 cores):
 # how far more clips and steps carry single moments. Folder demo_long_out unless DEMO is given.
 demo-long:
-	$(MAKE) demo CLIPS=1536 RECIPE=configs/demo.py:long \
+	$(MAKE) demo CLIPS=2048 RECIPE=configs/demo.py:long \
 		DEMO=$(if $(filter command line,$(origin DEMO)),$(DEMO),demo_long_out)
 
 test: venv
