@@ -32,7 +32,7 @@ demo: venv
 	$(PY) -m cavmae_jax.main --config=$(RECIPE) --workdir=$(DEMO)/run --config.data.dir=$(DEMO)/data --config.train.seed=$(SEED)
 	$(PY) -m cavmae_jax.evaluate --checkpoint=$(DEMO)/run --task=retrieval
 
-# The same demo with 2x the clips and 2x the steps (configs/demo.py:long, ~17 min on 2 cores):
+# The same demo with 2x the clips and 2x the steps (configs/demo.py:long, ~20 min on 2 cores):
 # how far more clips and steps carry single moments. Folder demo_long_out unless DEMO is given.
 demo-long:
 	$(MAKE) demo CLIPS=2048 RECIPE=configs/demo.py:long \
@@ -43,6 +43,7 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/model_step.py --arch sync --size tiny --batch 4
+	$(PY) benchmarks/demo_step.py
 	$(PY) benchmarks/retrieval.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/data_prep.py
