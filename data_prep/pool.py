@@ -87,8 +87,8 @@ def _run_item(item: Item, cfg: ConvertConfig, spill_path: str) -> list[tuple] | 
     return out or [("fail", "no record produced")]
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Makes this worker end when the convert process ends, however it ends (SIGKILL too).
+def exit_with_parent(parent_pid: int) -> None:
+    """Makes this worker end when its parent process ends, however it ends (SIGKILL too).
 
     Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG). Elsewhere,
     or if that fails, a daemon thread polls the parent pid. (A worker waiting for work also
@@ -117,7 +117,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 def _worker_main(conn: Any, cfg: ConvertConfig, parent_pid: int, spill_dir: str) -> None:
     """A worker process: converts the items it is sent, one at a time, until told to stop."""
-    _exit_with_parent(parent_pid)
+    exit_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops the workers
     try:
         conn.send(_READY)

@@ -9,6 +9,8 @@ file stem and the class name; several labels would be ``;``-separated), ``DIR/cl
 ground-truth event times) and ``DIR/README.txt``. ``data_prep.convert`` turns the folder into
 ArrayRecord. Clip ``i`` depends only on (seed, i, settings): it does not change with the number
 of clips or workers, and the mp4 bytes are identical between runs (see ``write_clip_mp4``).
+Stopping it (Ctrl-C, SIGTERM, even SIGKILL) ends its worker processes too, and an mp4 appears
+under its final name only once it is complete.
 """
 
 import concurrent.futures
@@ -27,6 +29,7 @@ import tqdm
 
 from cavmae_jax import cli
 from cavmae_jax.data import synthetic
+from data_prep.pool import exit_with_parent
 
 
 def clip_label(seed: int, index: int, num_classes: int) -> int:
@@ -103,7 +106,10 @@ def write_dataset(output: str | os.PathLike, num_clips: int, seed: int,
     else:
         # spawn, not fork: a caller that has imported jax (multithreaded) could deadlock a fork
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        # The workers end with this process, however it ends (Ctrl-C, SIGTERM, SIGKILL).
+        with concurrent.futures.ProcessPoolExecutor(
+                max_workers=workers, mp_context=ctx, initializer=exit_with_parent,
+                initargs=(os.getpid(),)) as pool:
             rows = []
             for row in pool.map(_make_one, tasks, chunksize=4):
                 rows.append(row)

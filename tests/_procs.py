@@ -125,3 +125,26 @@ def run_cli(module: str, *args: str, devices: int = 1, timeout: int = TIMEOUT,
     """`python -m module args` in the repository root, to the end; stdout and stderr apart."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env(devices, None, **extra_env))
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (read from /proc: Linux only)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = pathlib.Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has exited (a zombie has: reaping it is its new parent's job)."""
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")

@@ -21,6 +21,7 @@ import av
 import numpy as np
 import pytest
 from _av_clips import write_clip
+from _procs import children, gone
 from array_record.python.array_record_module import ArrayRecordReader
 
 from cavmae_jax import audio, video
@@ -200,27 +201,6 @@ def test_split_long_is_one_pass_and_matches_random_access(tmp_path, long_files, 
             assert np.abs(got.astype(int) - want).max() <= 8  # the same frame, JPEG-coded
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = pathlib.Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d))
-    return out
-
-
-def _gone(pid: int) -> bool:
-    try:
-        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state in ("Z", "X")  # a zombie has exited; reaping it is its new parent's job
-
-
 def _holding(pids: list[int], suffix: str) -> list[int]:
     """The pids among `pids` that have a file ending in `suffix` open."""
     out = []
@@ -270,7 +250,7 @@ def test_worker_killed_midway_is_recorded_and_the_run_goes_on(tmp_path, long_fil
     out = tmp_path / "out"
     proc = _start_convert(src, out)
     try:
-        (victim,) = _wait_for(lambda: _holding(_children(proc.pid), "m_long.mkv"), 60,
+        (victim,) = _wait_for(lambda: _holding(children(proc.pid), "m_long.mkv"), 60,
                               "a worker converting m_long.mkv")
         os.kill(victim, signal.SIGKILL)
         proc.wait(timeout=60)
@@ -301,12 +281,12 @@ def test_workers_exit_when_convert_is_killed(tmp_path, long_files, sig):
     proc = _start_convert(src, tmp_path / "out")
     try:
         busy = _wait_for(lambda: (lambda b: b if len(b) == 2 else None)(
-            _holding(_children(proc.pid), ".mkv")), 60, "two busy workers")
-        workers = _children(proc.pid)
+            _holding(children(proc.pid), ".mkv")), 60, "two busy workers")
+        workers = children(proc.pid)
         assert set(busy) <= set(workers)
         proc.send_signal(sig)
         proc.wait(timeout=10)
     finally:
         proc.kill()
         proc.wait()
-    _wait_for(lambda: all(_gone(p) for p in workers), 5, f"workers {workers} to exit")
+    _wait_for(lambda: all(gone(p) for p in workers), 5, f"workers {workers} to exit")

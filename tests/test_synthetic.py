@@ -4,9 +4,12 @@ import csv
 import hashlib
 import json
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
+import _procs
 import av
 import numpy as np
 import pytest
@@ -325,6 +328,34 @@ def test_same_bytes_in_every_process(tmp_path):
                         for i in range(12)])
     differ = [i for i in range(12) if len({d[i] for d in digests}) > 1]
     assert not differ, f"clips {differ} differ between processes"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the workers")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_end_with_the_drawing_process(tmp_path, sig):
+    """Killing `data_prep.synthetic --workers 2` (even with SIGKILL) ends its workers within
+    seconds; none is left behind, drawing or blocked."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_prep.synthetic", "--output", str(tmp_path / "out"),
+         "--num_clips", "400", "--size", "64", "64", "--workers", "2", "--no_progress"],
+        cwd=pathlib.Path(__file__).parents[1], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "out").glob("clip_*.mp4")):  # the workers are drawing
+            assert proc.poll() is None and time.monotonic() < deadline, "no clip drawn"
+            time.sleep(0.2)
+        workers = _procs.children(proc.pid)
+        assert len(workers) >= 2, workers
+        proc.send_signal(sig)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while not all(_procs.gone(p) for p in workers):
+        assert time.monotonic() < deadline, f"workers {workers} outlived their parent"
+        time.sleep(0.1)
 
 
 def test_stereo_44k_short_clip(tmp_path):
