@@ -41,7 +41,7 @@ def get_config(arg: str = "") -> "common.ml_collections.ConfigDict":
         contrastive_direction="both", contrastive_unmasked=True, img_size=64)
     c.optim.update(name="adamw", lr=1e-3, weight_decay=0.05, b1=0.9, b2=0.95, warmup_steps=50,
                    end_lr=1e-5, grad_clip_norm=1.0)
-    # 32 / 4 = 8 clips a batch; 5000 steps (~47 epochs of the 853 training clips), ~6 minutes
+    # 32 / 4 = 8 clips a batch; 5000 steps (~47 epochs of the 853 training clips), ~7 minutes
     # on 2 cores. A fixed step count keeps the run's length independent of the clip count.
     c.data.moments_per_clip = 4
     c.train.update(global_batch_size=32, num_epochs=0, num_steps=5000, log_every=50,

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 420  # seconds per subprocess; CI has 2 loaded cores
 
@@ -125,6 +127,11 @@ def run_cli(module: str, *args: str, devices: int = 1, timeout: int = TIMEOUT,
     """`python -m module args` in the repository root, to the end; stdout and stderr apart."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env(devices, None, **extra_env))
+
+
+# Tests that find worker processes through /proc (children, gone) run on Linux only.
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="reads /proc to find the worker processes")
 
 
 def children(pid: int) -> list[int]:

@@ -21,15 +21,12 @@ import av
 import numpy as np
 import pytest
 from _av_clips import write_clip
-from _procs import children, gone
+from _procs import children, gone, linux_only
 from array_record.python.array_record_module import ArrayRecordReader
 
 from cavmae_jax import audio, video
 from cavmae_jax.data import records
 from data_prep import convert
-
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="reads /proc to find the worker processes")
 
 
 def write_long(path: pathlib.Path, seconds: int, fps: int = 2, size: int = 16,

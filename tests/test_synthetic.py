@@ -330,7 +330,7 @@ def test_same_bytes_in_every_process(tmp_path):
     assert not differ, f"clips {differ} differ between processes"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the workers")
+@_procs.linux_only
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_workers_end_with_the_drawing_process(tmp_path, sig):
     """Killing `data_prep.synthetic --workers 2` (even with SIGKILL) ends its workers within
